@@ -1,0 +1,1 @@
+"""Data: preprocessing specs, image folders, bundled datasets, calibration sets."""

@@ -1,0 +1,291 @@
+"""Reading and writing checkpoints: the authors' layouts and our own format.
+
+Every foreign key layout is adapted here, in one place (as timm does), and every
+problem ends in a `CheckpointError` that names the file. Checkpoints are untrusted:
+they are read with `torch.load(weights_only=True)`, never by unpickling objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import re
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from dropcov_deploy.data.preprocessing import Preprocessing
+from dropcov_deploy.errors import CheckpointError, InputError
+from dropcov_deploy.models.layers import dim_from_triu_size
+from dropcov_deploy.models.registry import ArchSpec, create_model, get_arch, list_archs
+
+FORMAT = "dropcov-deploy/1"
+_PREFIXES = ("module.", "_orig_mod.", "model.")
+_MAX_LISTED_KEYS = 5
+
+
+@dataclass
+class CheckpointInfo:
+    """What a checkpoint says about its model, besides the weights."""
+
+    path: Path
+    source_format: str  # "dropcov-deploy", "upstream", "model-dict" or "state-dict"
+    arch: str
+    dim: int
+    num_classes: int
+    sha256: str
+    class_names: list[str] | None = None
+    input_size: int | None = None
+    preprocessing: Preprocessing | None = None
+    epoch: int | None = None
+    accuracy: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def resolved_input_size(self) -> int:
+        return self.input_size or get_arch(self.arch).default_image_size
+
+    def resolved_preprocessing(self) -> Preprocessing:
+        return self.preprocessing or Preprocessing.imagenet(self.resolved_input_size())
+
+
+@dataclass
+class LoadedCheckpoint:
+    model: nn.Module
+    info: CheckpointInfo
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read(path: Path) -> Any:
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if found:
+            raise CheckpointError(
+                f"{path}: holds a Python object ({found.group(1)}) that is not loaded from untrusted files "
+                "(torch.load weights_only=True); re-save it with tensors, numbers and strings only"
+            ) from None
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (unreadable pickle data)") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, UnicodeDecodeError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt: {reason})") from None
+
+
+def _strip_prefixes(state: Mapping[str, Any]) -> dict[str, Any]:
+    """Drop a prefix every key shares: DataParallel/DDP `module.`, torch.compile `_orig_mod.`."""
+    out = dict(state)
+    changed = True
+    while changed and out:
+        changed = False
+        for prefix in _PREFIXES:
+            if all(key.startswith(prefix) for key in out):
+                out = {key[len(prefix):]: value for key, value in out.items()}
+                changed = True
+    return out
+
+
+def _split(obj: Any, path: Path) -> tuple[str, Mapping[str, Any], dict[str, Any]]:
+    """Return (source format, state_dict, metadata) for every layout we accept."""
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path}: not a checkpoint (holds a {type(obj).__name__}, not a dict of tensors)")
+    if obj.get("format") == FORMAT and isinstance(obj.get("state_dict"), Mapping):
+        meta = {k: v for k, v in obj.items() if k not in ("state_dict", "optimizer", "scheduler")}
+        return "dropcov-deploy", obj["state_dict"], meta
+    if isinstance(obj.get("state_dict"), Mapping):
+        meta = {k: obj[k] for k in ("arch", "epoch", "best_acc1") if k in obj}
+        return "upstream", obj["state_dict"], meta
+    if isinstance(obj.get("model"), Mapping):
+        meta = {k: obj[k] for k in ("arch", "epoch") if k in obj}
+        return "model-dict", obj["model"], meta
+    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return "state-dict", obj, {}
+    raise CheckpointError(
+        f"{path}: no weights found (expected a state_dict, a dict with 'state_dict' or 'model', "
+        f"or a dropcov-deploy checkpoint; top-level keys: {', '.join(map(str, list(obj)[:_MAX_LISTED_KEYS]))})"
+    )
+
+
+def _head_sizes(state: Mapping[str, torch.Tensor], path: Path) -> tuple[int, int]:
+    """Infer (d, num_classes) from layer_reduce.weight and fc.weight."""
+    for key in ("layer_reduce.weight", "fc.weight"):
+        if key not in state:
+            raise CheckpointError(f"{path}: not a DropCov ResNet checkpoint (no '{key}' tensor)")
+    dim = int(state["layer_reduce.weight"].shape[0])
+    fc_out, fc_in = (int(s) for s in state["fc.weight"].shape)
+    if dim_from_triu_size(fc_in) != dim:
+        raise CheckpointError(
+            f"{path}: fc takes {fc_in} inputs but layer_reduce gives d={dim} "
+            f"(covariance triu of d={dim} has {dim * (dim + 1) // 2} values)"
+        )
+    return dim, fc_out
+
+
+def _mismatches(model: nn.Module, state: Mapping[str, torch.Tensor]) -> list[str]:
+    """Describe every key that is missing, unexpected or of the wrong shape."""
+    expected = model.state_dict()
+    problems: list[str] = []
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    wrong_shape = [
+        f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
+        if keys:
+            listed = ", ".join(keys[:_MAX_LISTED_KEYS]) + (", ..." if len(keys) > _MAX_LISTED_KEYS else "")
+            problems.append(f"{len(keys)} {label}: {listed}")
+    return problems
+
+
+def _build(spec: ArchSpec, dim: int, num_classes: int, on_meta: bool) -> nn.Module:
+    if on_meta:
+        with torch.device("meta"):
+            return create_model(spec.name, num_classes=num_classes, dim=dim)
+    return create_model(spec.name, num_classes=num_classes, dim=dim)
+
+
+def infer_arch(state: Mapping[str, torch.Tensor], dim: int, num_classes: int) -> ArchSpec | None:
+    """The registered architecture whose keys and shapes match `state` exactly, if any."""
+    for spec in list_archs():
+        if not _mismatches(_build(spec, dim, num_classes, on_meta=True), state):
+            return spec
+    return None
+
+
+def _meta_preprocessing(meta: Mapping[str, Any]) -> Preprocessing | None:
+    raw = meta.get("preprocessing")
+    return Preprocessing.from_dict(dict(raw)) if isinstance(raw, Mapping) else None
+
+
+def _as_float(value: Any) -> float | None:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return float(value)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def load_checkpoint_with_info(path: str | os.PathLike[str], arch: str | None = None) -> LoadedCheckpoint:
+    """Load any supported checkpoint into a model in eval mode, with what it records.
+
+    `arch` overrides the name stored in the checkpoint; without either, the
+    architecture is inferred from the tensors. Keys that do not fit are an error.
+    """
+    path = Path(path)
+    requested = get_arch(arch) if arch else None
+    source, raw_state, meta = _split(_read(path), path)
+    state = _strip_prefixes(raw_state)
+    non_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if non_tensors:
+        raise CheckpointError(f"{path}: state_dict entries that are not tensors: {', '.join(non_tensors[:_MAX_LISTED_KEYS])}")
+    dim, num_classes = _head_sizes(state, path)
+
+    stored_name = meta.get("arch") if isinstance(meta.get("arch"), str) else None
+    stored: ArchSpec | None = None
+    if stored_name:
+        try:
+            stored = get_arch(stored_name)
+        except InputError:
+            stored = None  # a name we do not know: fall back to the tensors
+    fitting = infer_arch(state, dim, num_classes)
+    spec = requested or stored or fitting
+    if spec is None:
+        raise CheckpointError(
+            f"{path}: tensors fit no known architecture (d={dim}, {num_classes} classes); "
+            f"known: {', '.join(s.name for s in list_archs())}"
+        )
+
+    model = _build(spec, dim, num_classes, on_meta=False)
+    problems = _mismatches(model, state)
+    if problems:
+        hint = f"; the tensors fit {fitting.name}" if fitting and fitting.name != spec.name else ""
+        said = f" (checkpoint says {stored_name})" if stored_name and stored_name != spec.name else ""
+        raise CheckpointError(f"{path}: weights do not fit {spec.name}{said}{hint}: {'; '.join(problems)}")
+    model.load_state_dict(state, strict=False)  # strict check done above; tolerates old BN buffers
+    model.eval()
+
+    class_names = meta.get("class_names")
+    info = CheckpointInfo(
+        path=path,
+        source_format=source,
+        arch=spec.name,
+        dim=dim,
+        num_classes=num_classes,
+        sha256=sha256_file(path),
+        class_names=list(class_names) if isinstance(class_names, (list, tuple)) else None,
+        input_size=int(meta["input_size"]) if isinstance(meta.get("input_size"), int) else None,
+        preprocessing=_meta_preprocessing(meta),
+        epoch=int(meta["epoch"]) if isinstance(meta.get("epoch"), int) else None,
+        accuracy=_as_float(meta.get("accuracy", meta.get("best_acc1"))),
+    )
+    if info.class_names is not None and len(info.class_names) != num_classes:
+        raise CheckpointError(f"{path}: records {len(info.class_names)} class names for {num_classes} classes")
+    return LoadedCheckpoint(model=model, info=info)
+
+
+def load_checkpoint(path: str | os.PathLike[str], arch: str | None = None) -> nn.Module:
+    """Load a checkpoint (authors' .pth.tar, bare state_dict, {'model': ...}, ours) in eval mode."""
+    return load_checkpoint_with_info(path, arch).model
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
+    """torch.save through a temporary file in the same folder, then rename: never a half file."""
+    path = Path(path)
+    if not path.parent.exists():
+        raise InputError(f"{path}: folder {path.parent} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    *,
+    arch: str,
+    class_names: list[str] | None = None,
+    input_size: int | None = None,
+    preprocessing: Preprocessing | None = None,
+    epoch: int | None = None,
+    accuracy: float | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write our own checkpoint format: weights plus everything export needs to know."""
+    spec = get_arch(arch)
+    record: dict[str, Any] = {
+        "format": FORMAT,
+        "arch": spec.name,
+        "dim": int(model.dim),
+        "num_classes": int(model.num_classes),
+        "class_names": list(class_names) if class_names is not None else None,
+        "input_size": int(input_size or spec.default_image_size),
+        "preprocessing": (preprocessing or Preprocessing.imagenet(input_size or spec.default_image_size)).to_dict(),
+        "epoch": epoch,
+        "accuracy": accuracy,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    if extra:
+        record.update(extra)
+    return atomic_torch_save(record, path)
