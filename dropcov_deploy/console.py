@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import sys
+import time
+from contextlib import contextmanager
+from typing import Iterator
 
 from rich.console import Console
 
 # Piped output (CI logs, files) gets a wide fixed width instead of rich's 80 columns.
 out = Console() if sys.stdout.isatty() else Console(width=160)
-err = Console(stderr=True)
+err = Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, width=160)
 
 
 def fail(message: str) -> None:
     """Print a user error as exactly one line (no wrapping, no traceback)."""
     err.print(f"[bold red]error:[/] {message}", soft_wrap=True, highlight=False, markup=True)
+
+
+@contextmanager
+def step(description: str) -> Iterator[None]:
+    """Show a spinner while a long step runs, then a tick and how long it took."""
+    started = time.perf_counter()
+    with err.status(f"{description} ...", spinner="dots"):
+        yield
+    err.print(f"[green]done[/] {description} [dim]({time.perf_counter() - started:.1f} s)[/]", highlight=False)

@@ -22,10 +22,14 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, code: int, *fragments: str) -> None:
-    """Exit code as documented, exactly one line on stderr, no traceback."""
+    """Exit code as documented, one error line (the last on stderr), no traceback.
+
+    Progress lines of steps that finished before the error may precede it.
+    """
     assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
     assert "Traceback" not in result.stderr + result.stdout
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
     for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
+        assert fragment in errors[0], (fragment, errors[0])

@@ -7,11 +7,9 @@ they are read with `torch.load(weights_only=True)`, never by unpickling objects.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import re
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +18,10 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from dropcov_deploy.atomic import atomic_write
 from dropcov_deploy.data.preprocessing import Preprocessing
 from dropcov_deploy.errors import CheckpointError, InputError
+from dropcov_deploy.manifest import sha256_file
 from dropcov_deploy.models.layers import dim_from_triu_size
 from dropcov_deploy.models.registry import ArchSpec, create_model, get_arch, list_archs
 
@@ -58,14 +58,6 @@ class CheckpointInfo:
 class LoadedCheckpoint:
     model: nn.Module
     info: CheckpointInfo
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _read(path: Path) -> Any:
@@ -245,19 +237,8 @@ def load_checkpoint(path: str | os.PathLike[str], arch: str | None = None) -> nn
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """torch.save through a temporary file in the same folder, then rename: never a half file."""
-    path = Path(path)
-    if not path.parent.exists():
-        raise InputError(f"{path}: folder {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """torch.save through a staging file, then rename: never a half-written checkpoint."""
+    return atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
 
 
 def save_checkpoint(

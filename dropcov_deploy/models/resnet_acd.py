@@ -141,6 +141,16 @@ class ResNetACD(nn.Module):
         stack += [block(self.inplanes, planes) for _ in range(1, blocks)]
         return nn.Sequential(*stack)
 
+    def feature_map_size(self, image_size: int) -> int:
+        """Side of the layer4 map for a square input: the covariance's N is its square."""
+        size = image_size
+        if self.stem == "imagenet":
+            size = (size + 2 * 3 - 7) // 2 + 1  # conv1 7x7 s2 p3
+            size = (size + 2 * 1 - 3) // 2 + 1  # maxpool 3x3 s2 p1
+        for _ in range(2):  # layer2 and layer3 open with stride 2; layer4 keeps stride 1
+            size = (size - 1) // 2 + 1
+        return size
+
     # The stages below are separate so verification can compare intermediate tensors.
     def forward_backbone(self, x: torch.Tensor) -> torch.Tensor:
         """Image batch -> layer4 feature map."""

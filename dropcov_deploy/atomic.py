@@ -1,0 +1,56 @@
+"""Write artifacts so that a failure never leaves a half-written file behind.
+
+Everything is written into a hidden staging folder beside the destination, then
+moved into place with os.replace (atomic on one filesystem) once it is complete.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+from dropcov_deploy.errors import InputError
+
+
+def check_writable(path: Path) -> Path:
+    """Fail early, before expensive work, when `path` cannot be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory; give a file name")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.exists():
+        raise InputError(f"{path}: cannot write: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{path}: cannot write: folder {parent} is not writable")
+    return path
+
+
+@contextmanager
+def staged(destination: Path) -> Iterator[Path]:
+    """Yield a staging folder beside `destination`; on success move its files into place.
+
+    Files are moved in name order with the destination's own file last, so a reader
+    never sees the main artifact before its side files (external data, manifest).
+    """
+    destination = check_writable(Path(destination))
+    stage = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".staging", dir=destination.parent))
+    try:
+        yield stage
+        files = sorted(p for p in stage.iterdir() if p.is_file())
+        files.sort(key=lambda p: p.name == destination.name)
+        for file in files:
+            os.replace(file, destination.parent / file.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+    """Call `write(tmp_path)`, then rename the result to `path`."""
+    path = Path(path)
+    with staged(path) as stage:
+        write(stage / path.name)
+    return path
