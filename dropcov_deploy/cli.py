@@ -53,6 +53,82 @@ def models_command(
         render_architecture_table(rows)
 
 
+@app.command("demo")
+def demo_command(
+    out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Folder for the model, artifacts and report."),
+    epochs: int = typer.Option(10, "--epochs", help="Training epochs on digits."),
+) -> None:
+    """Run the whole chain on bundled data: train, export, evaluate, report."""
+    from rich.table import Table
+
+    from dropcov_deploy.console import out as console
+    from dropcov_deploy.console import step
+    from dropcov_deploy.demo import run_demo
+
+    result = run_demo(out, epochs=epochs, step=step)
+    table = Table(title="dropcov-deploy demo: held-out digits")
+    for column in ("artifact", "backend", "precision", "accuracy", "top-1 agreement", "max rel. error", "non-finite"):
+        table.add_column(column)
+    for s in result.scores:
+        table.add_row(s.name, s.backend, s.precision, f"{s.accuracy:.4f}", f"{s.top1_agreement:.4f}", f"{s.max_relative_error:.1e}", str(s.nonfinite))
+    for name, why in result.missing.items():
+        table.add_row(f"[dim]{name}[/]", "[dim]not yet available[/]", "", "", "", "", "", end_section=False)
+    console.print(table)
+    console.print(
+        f"checkpoint {result.checkpoint}\nONNX       {result.onnx}\nreport     {result.report}\nplot       {result.plot}\n"
+        f"time       " + ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())
+    )
+
+
+@app.command("train")
+def train_command(
+    arch: str = typer.Argument(..., help="Architecture (see `dropcov-deploy models`)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="ImageFolder tree with train/ and val/."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="A bundled dataset: digits."),
+    epochs: int = typer.Option(15, "--epochs"),
+    batch_size: int = typer.Option(64, "--batch-size", help="Global batch (split across torchrun processes)."),
+    lr: float = typer.Option(0.05, "--lr", help="Peak learning rate (warm-up, then cosine)."),
+    weight_decay: float = typer.Option(1e-4, "--weight-decay"),
+    dim: Optional[int] = typer.Option(None, "--dim", help="Reduction width d [default: the architecture's]."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Input side [default: 32 for digits, 224 for folders]."),
+    width: Optional[str] = typer.Option(None, "--width", help="Four stage widths, e.g. 16,32,64,128."),
+    out: Path = typer.Option(Path("runs/model.pt"), "--out", "-o", help="Best checkpoint; the last goes beside it as *-last.pt."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue from a *-last.pt checkpoint."),
+    seed: int = typer.Option(0, "--seed"),
+    workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
+) -> None:
+    """Train a DropCov model (ECA + adaptive dropout active); under torchrun, with DDP."""
+    from dropcov_deploy.train import TrainConfig, train
+
+    widths = None
+    if width:
+        try:
+            widths = [int(w) for w in width.split(",")]
+        except ValueError:
+            raise typer.BadParameter(f"--width takes comma-separated integers, got {width!r}") from None
+    config = TrainConfig(
+        arch=arch, data=data, dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr,
+        weight_decay=weight_decay, dim=dim, image_size=image_size, widths=widths, out=out,
+        resume=resume, seed=seed, workers=workers,
+    )
+    result = train(config)
+    if result.history and _is_main_process():
+        from dropcov_deploy.console import out as console
+
+        final = result.history[-1]
+        console.print(
+            f"best val accuracy {result.best_accuracy:.4f}; last epoch {final.epoch}: val {final.val_accuracy:.4f}, "
+            f"{final.images_per_second:.0f} img/s on {result.world_size} process(es)\n"
+            f"best: {result.best_path}\nlast: {result.last_path}"
+        )
+
+
+def _is_main_process() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
 @app.command("export")
 def export_command(
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Checkpoint: the authors' .pth.tar, a state_dict, or ours."),

@@ -98,7 +98,7 @@ def _split(obj: Any, path: Path) -> tuple[str, Mapping[str, Any], dict[str, Any]
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: not a checkpoint (holds a {type(obj).__name__}, not a dict of tensors)")
     if obj.get("format") == FORMAT and isinstance(obj.get("state_dict"), Mapping):
-        meta = {k: v for k, v in obj.items() if k not in ("state_dict", "optimizer", "scheduler")}
+        meta = {k: v for k, v in obj.items() if k not in ("state_dict", "optimizer", "scheduler", "training")}
         return "dropcov-deploy", obj["state_dict"], meta
     if isinstance(obj.get("state_dict"), Mapping):
         meta = {k: obj[k] for k in ("arch", "epoch", "best_acc1") if k in obj}
@@ -147,11 +147,11 @@ def _mismatches(model: nn.Module, state: Mapping[str, torch.Tensor]) -> list[str
     return problems
 
 
-def _build(spec: ArchSpec, dim: int, num_classes: int, on_meta: bool) -> nn.Module:
+def _build(spec: ArchSpec, dim: int, num_classes: int, on_meta: bool, widths: list[int] | None = None) -> nn.Module:
     if on_meta:
         with torch.device("meta"):
-            return create_model(spec.name, num_classes=num_classes, dim=dim)
-    return create_model(spec.name, num_classes=num_classes, dim=dim)
+            return create_model(spec.name, num_classes=num_classes, dim=dim, widths=widths)
+    return create_model(spec.name, num_classes=num_classes, dim=dim, widths=widths)
 
 
 def infer_arch(state: Mapping[str, torch.Tensor], dim: int, num_classes: int) -> ArchSpec | None:
@@ -203,7 +203,8 @@ def load_checkpoint_with_info(path: str | os.PathLike[str], arch: str | None = N
             f"known: {', '.join(s.name for s in list_archs())}"
         )
 
-    model = _build(spec, dim, num_classes, on_meta=False)
+    widths = [int(w) for w in meta["widths"]] if isinstance(meta.get("widths"), (list, tuple)) else None
+    model = _build(spec, dim, num_classes, on_meta=False, widths=widths)
     problems = _mismatches(model, state)
     if problems:
         hint = f"; the tensors fit {fitting.name}" if fitting and fitting.name != spec.name else ""
@@ -260,6 +261,7 @@ def save_checkpoint(
         "arch": spec.name,
         "dim": int(model.dim),
         "num_classes": int(model.num_classes),
+        "widths": list(model.widths),
         "class_names": list(class_names) if class_names is not None else None,
         "input_size": int(input_size or spec.default_image_size),
         "preprocessing": (preprocessing or Preprocessing.imagenet(input_size or spec.default_image_size)).to_dict(),

@@ -34,6 +34,13 @@ class CovariancePool(nn.Module):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_autocast_enabled(x.device.type):  # AMP training: keep the product in FP32
+            with torch.autocast(x.device.type, enabled=False):
+                return self._covariance(x.float())
+        return self._covariance(x)
+
+    @staticmethod
+    def _covariance(x: torch.Tensor) -> torch.Tensor:
         positions = x.shape[-2] * x.shape[-1]
         x = x.flatten(2)
         x = x - x.mean(dim=2, keepdim=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 from dropcov_deploy.errors import InputError
 
@@ -70,8 +71,17 @@ def get_arch(name: str) -> ArchSpec:
     raise InputError(f"unknown architecture {name!r}; known: {', '.join(_REGISTRY)}")
 
 
-def create_model(arch: str, num_classes: int = 1000, dim: int | None = None, drop_scale: float = 10.0):
-    """Build an architecture by name, in train mode with fresh weights, like timm.create_model."""
+def create_model(
+    arch: str,
+    num_classes: int = 1000,
+    dim: int | None = None,
+    widths: Sequence[int] | None = None,
+    drop_scale: float = 10.0,
+):
+    """Build an architecture by name, in train mode with fresh weights, like timm.create_model.
+
+    `widths` overrides the four stage widths (narrower models for small data).
+    """
     from dropcov_deploy.models.resnet_acd import ResNetACD
 
     spec = get_arch(arch)
@@ -80,7 +90,7 @@ def create_model(arch: str, num_classes: int = 1000, dim: int | None = None, dro
         spec.layers,
         num_classes=num_classes,
         dim=spec.default_dim if dim is None else dim,
-        widths=spec.widths,
+        widths=tuple(widths) if widths else spec.widths,
         stem=spec.stem,
         drop_scale=drop_scale,
     )

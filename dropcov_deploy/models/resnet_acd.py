@@ -97,6 +97,7 @@ class ResNetACD(nn.Module):
         self.dim = dim
         self.num_classes = num_classes
         self.stem = stem
+        self.widths = tuple(widths)
         self.inplanes = widths[0]
 
         if stem == "imagenet":
