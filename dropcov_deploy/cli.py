@@ -160,6 +160,54 @@ def export_command(
     console.print(f"wrote [bold]{result.path}[/] and {result.manifest_path.name} in {result.seconds:.1f} s; {verdict}")
 
 
+@app.command("build")
+def build_command(
+    model: Path = typer.Argument(..., help="The FP32 ONNX written by `dropcov-deploy export`."),
+    precision: str = typer.Option("fp16", "--precision", "-p", help="fp32, fp16 or int8."),
+    calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration images (folder) or preprocessed .npy/.npz; required for fp16 and int8."),
+    calib_size: int = typer.Option(512, "--calib-size", help="At most this many calibration inputs (a fixed, seeded subset)."),
+    calib_method: str = typer.Option("entropy", "--calib-method", help="entropy, max or percentile (percentile: CPU target only)."),
+    backend: str = typer.Option("onnxruntime", "--backend", "-b", help="onnxruntime (CPU) or tensorrt (GPU)."),
+    batch: str = typer.Option("1:8:32", "--batch", help="TensorRT optimization profile MIN:OPT:MAX for the batch axis."),
+    workspace: Optional[float] = typer.Option(None, "--workspace", help="TensorRT workspace limit in GiB."),
+    timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="TensorRT timing cache, read and written."),
+    fc: str = typer.Option("auto", "--fc", help="INT8 fc treatment: auto (measured), int8, weight-only or float."),
+    high_precision: str = typer.Option("fp16", "--high-precision", help="TensorRT INT8: precision of the unquantized rest (covariance stays fp32)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Precision ONNX path [default: <model>.<precision>.<cpu|trt>.onnx]."),
+    json_out: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
+) -> None:
+    """Build FP16 / INT8 artifacts: the precision ONNX, then an ORT-optimized model or a TensorRT engine."""
+    from dropcov_deploy.build import BuildOptions, build
+    from dropcov_deploy.console import out as console
+    from dropcov_deploy.console import step
+
+    options = BuildOptions(
+        precision=precision, calib=calib, calib_size=calib_size, calib_method=calib_method, backend=backend, batch=batch,
+        workspace_gib=workspace, timing_cache=timing_cache, out=out, fc=fc, high_precision=high_precision,
+    )
+    result = build(model, options, step=step)
+    if json_out:
+        import json
+
+        typer.echo(json.dumps(result.manifest, indent=2))
+        return
+    details = result.manifest.get("precision_details", {})
+    check = details.get("check", {})
+    summary = [f"wrote [bold]{result.precision_onnx}[/] ({precision}, {'from cache' if result.cached else 'built'}) in {result.seconds:.1f} s"]
+    if check:
+        summary.append(
+            f"on {result.manifest['calibration']['images']} calibration images: top-1 agreement with FP32 {check['top1_agreement']:.4f}"
+            + (f", accuracy {check['accuracy']:.4f} (FP32 {check['reference_accuracy']:.4f})" if "accuracy" in check else "")
+        )
+    if "fc" in details:
+        summary.append(f"fc: {details['fc']['why']}")
+    if result.ort_optimized:
+        summary.append(f"ONNX Runtime-optimized model: {result.ort_optimized}")
+    if result.engine:
+        summary.append(f"TensorRT engine: {result.engine}")
+    console.print("\n".join(summary), highlight=False)
+
+
 @app.command("inspect")
 def inspect_command(
     artifact: Path = typer.Argument(..., help="A checkpoint (.pth/.pth.tar/.pt) or an ONNX model."),

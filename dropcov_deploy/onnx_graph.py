@@ -174,3 +174,77 @@ def describe(model) -> dict[str, Any]:
         "parameters": sum(int(__import__("numpy").prod(t.dims)) if t.dims else 1 for t in model.graph.initializer),
         **io_shapes(model),
     }
+
+
+def ensure_node_names(model) -> None:
+    """Give every node a unique name: precision pins and exclusions address nodes by name."""
+    seen: set[str] = set()
+    for index, node in enumerate(model.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{index}"
+        seen.add(node.name)
+
+
+def producers(model) -> dict[str, Any]:
+    return {output: node for node in model.graph.node for output in node.output}
+
+
+def triu_gather(model):
+    """The covariance head's Gather: constant flat indices on the flattened covariance."""
+    initializers = {t.name: t for t in model.graph.initializer}
+    found = [
+        node
+        for node in model.graph.node
+        if node.op_type == "Gather" and node.input[1] in initializers and len(initializers[node.input[1]].dims) == 1
+    ]
+    if len(found) != 1:
+        raise InputError(f"expected one constant-index Gather (the covariance triu), found {len(found)}: not a dropcov-deploy export?")
+    return found[0]
+
+
+def covariance_block(model) -> list[str]:
+    """Names of the covariance nodes: mean, centring, scale, product, flatten, triu Gather.
+
+    Walks back from the triu Gather through computed (non-constant) inputs and stops at
+    the ReLU that ends `layer_reduce`: everything in between is the block that must stay
+    in FP32 and must never be quantized. Precision-converted graphs are handled too
+    (Cast, Q/DQ and Constant nodes inside the block are part of it).
+    """
+    initializers = {t.name for t in model.graph.initializer}
+    made_by = producers(model)
+    start = triu_gather(model)
+    block: list[str] = []
+    stack = [start]
+    while stack:
+        node = stack.pop()
+        if node.name in block:
+            continue
+        block.append(node.name)
+        for name in node.input:
+            if not name or name in initializers or name not in made_by:
+                continue
+            parent = made_by[name]
+            if parent.op_type == "Relu":
+                continue
+            stack.append(parent)
+    return block
+
+
+def fc_node(model):
+    """The classifier: the Gemm (or MatMul) that consumes the triu vector, through Q/DQ or Casts."""
+    gather = triu_gather(model)
+    consumers: dict[str, list[Any]] = collections.defaultdict(list)
+    for node in model.graph.node:
+        for name in node.input:
+            consumers[name].append(node)
+    frontier = [gather.output[0]]
+    visited: set[str] = set()
+    while frontier:
+        tensor = frontier.pop()
+        for node in consumers.get(tensor, []):
+            if node.op_type in ("Gemm", "MatMul"):
+                return node
+            if node.name not in visited and node.op_type in ("QuantizeLinear", "DequantizeLinear", "Cast", "Reshape", "Flatten"):
+                visited.add(node.name)
+                frontier.extend(node.output)
+    raise InputError("no fully connected layer found after the covariance triu")

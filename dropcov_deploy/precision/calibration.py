@@ -1,0 +1,130 @@
+"""Calibration data: real images or preprocessed arrays, checked, hashed, never random.
+
+The images are preprocessed exactly as the model's manifest says, through the same
+`preprocess` that verification and the edge runtime use. The set's hash (of the
+preprocessed arrays) keys the calibration cache, so a rebuild does not recalibrate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from dropcov_deploy.data.preprocessing import Preprocessing
+from dropcov_deploy.errors import InputError
+
+MIN_CALIBRATION_IMAGES = 8
+DEFAULT_CALIBRATION_SIZE = 512
+CALIBRATION_BATCH = 16  # independent of the engine's deploy batch
+
+
+@dataclass
+class CalibrationSet:
+    """Preprocessed calibration inputs (N, 3, H, W) float32, with labels when known."""
+
+    source: Path
+    data: np.ndarray
+    labels: np.ndarray | None
+    sha256: str
+
+    def __len__(self) -> int:
+        return int(self.data.shape[0])
+
+    def batch_size(self, limit: int = CALIBRATION_BATCH) -> int:
+        """The largest batch up to `limit` that divides the set: histogram calibrators need equal batches."""
+        return next(size for size in range(min(limit, len(self)), 0, -1) if len(self) % size == 0)
+
+    def batches(self, batch_size: int = CALIBRATION_BATCH) -> Iterator[np.ndarray]:
+        batch_size = self.batch_size(batch_size)
+        for start in range(0, len(self), batch_size):
+            yield self.data[start : start + batch_size]
+
+
+def expected_input_shape(manifest: dict[str, Any]) -> tuple[int, int, int]:
+    shape = manifest["input"]["shape"]
+    return int(shape[1]), int(shape[2]), int(shape[3])
+
+
+def _subsample(count: int, size: int | None) -> np.ndarray:
+    """A fixed, class-mixing subset: a seeded permutation, first `size` of it."""
+    order = np.random.default_rng(0).permutation(count)
+    return np.sort(order[: size or count])
+
+
+def _from_arrays(path: Path, input_name: str) -> np.ndarray:
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(f"{path}: not a readable .npy/.npz file ({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        with loaded:
+            names = list(loaded.files)
+            if input_name in names:
+                return np.asarray(loaded[input_name])
+            if len(names) == 1:
+                return np.asarray(loaded[names[0]])
+            raise InputError(f"{path}: holds arrays {names}; expected one named {input_name!r} or a single array")
+    return np.asarray(loaded)
+
+
+def load_calibration(
+    source: str | Path,
+    manifest: dict[str, Any],
+    size: int | None = DEFAULT_CALIBRATION_SIZE,
+) -> CalibrationSet:
+    """Load an image folder or .npy/.npz arrays, checked against the model's input."""
+    from dropcov_deploy.data.images import list_images, load_batch
+
+    source = Path(source)
+    if not source.exists():
+        raise InputError(f"{source}: no such calibration folder or file")
+    if size is not None and size < MIN_CALIBRATION_IMAGES:
+        raise InputError(f"--calib-size {size} is too small; use at least {MIN_CALIBRATION_IMAGES}")
+    channels, height, width = expected_input_shape(manifest)
+    labels = None
+    if source.is_dir():
+        images = list_images(source)
+        chosen = _subsample(len(images), size)
+        prep = Preprocessing.from_dict(manifest["preprocessing"])
+        data = load_batch([images.paths[i] for i in chosen], prep)
+        if images.labels is not None:
+            labels = np.asarray(images.labels)[chosen]
+    elif source.suffix.lower() in (".npy", ".npz"):
+        data = _from_arrays(source, manifest["input"]["name"])
+        if data.ndim != 4 or tuple(data.shape[1:]) != (channels, height, width):
+            raise InputError(
+                f"{source}: arrays of shape {tuple(data.shape)} do not fit the model's input (N, {channels}, {height}, {width})"
+            )
+        if not np.issubdtype(data.dtype, np.floating):
+            raise InputError(f"{source}: arrays are {data.dtype}; expected preprocessed float32 inputs")
+        data = data[_subsample(len(data), size)].astype(np.float32)
+    else:
+        raise InputError(f"{source}: calibration data must be an image folder or a .npy/.npz file")
+    if len(data) < MIN_CALIBRATION_IMAGES:
+        raise InputError(f"{source}: only {len(data)} calibration inputs; need at least {MIN_CALIBRATION_IMAGES} real images")
+    if not np.isfinite(data).all():
+        raise InputError(f"{source}: calibration inputs contain NaN or Inf")
+    data = np.ascontiguousarray(data, dtype=np.float32)
+    digest = hashlib.sha256(str(data.shape).encode() + data.tobytes()).hexdigest()
+    return CalibrationSet(source=source, data=data, labels=labels, sha256=digest)
+
+
+def ort_reader(calibration: CalibrationSet, input_name: str, batch_size: int = CALIBRATION_BATCH):
+    """An onnxruntime.quantization CalibrationDataReader over `calibration` (rewindable)."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.rewind()
+
+        def get_next(self):
+            return next(self._iterator, None)
+
+        def rewind(self) -> None:
+            self._iterator = ({input_name: batch} for batch in calibration.batches(batch_size))
+
+    return _Reader()

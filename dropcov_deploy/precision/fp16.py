@@ -1,0 +1,68 @@
+"""FP16 by ModelOpt AutoCast: convolutions and fc in FP16, the covariance block pinned to FP32.
+
+The pin is by node name (the block found structurally in the graph), not left to
+AutoCast's range threshold: the covariance product's depth (N = 196) would not trip
+the depth-of-reduction rule, and its values can still overflow FP16. Inputs and
+outputs stay FP32. AutoCast's reference run uses real calibration images.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from dropcov_deploy import onnx_graph
+from dropcov_deploy.errors import BackendUnavailable
+from dropcov_deploy.precision.calibration import CalibrationSet
+
+REFERENCE_IMAGES = 64  # AutoCast's reference run: enough real images to see activation ranges
+
+
+def require_modelopt() -> None:
+    try:
+        import modelopt.onnx  # noqa: F401
+    except ImportError as exc:
+        raise BackendUnavailable(
+            f"ModelOpt is not installed ({exc.name}): pip install 'nvidia-modelopt[onnx]' "
+            "(or this package's [build] extra) for FP16 and TensorRT INT8"
+        ) from None
+
+
+def _quiet_modelopt() -> None:
+    for name in ("modelopt", "autocast", "onnx2trt", "polygraphy"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from modelopt.onnx.autocast import configure_logging
+
+        configure_logging("ERROR")
+    except Exception:  # older ModelOpt: its loggers are silenced above
+        pass
+
+
+def convert_fp16(onnx_path: Path, calibration: CalibrationSet, input_name: str = "input"):
+    """Mixed-precision FP16 ModelProto with FP32 I/O and an FP32 covariance block."""
+    require_modelopt()
+    _quiet_modelopt()
+    from modelopt.onnx.autocast import convert_to_mixed_precision
+
+    with tempfile.TemporaryDirectory(prefix="dropcov-fp16-") as tmp:
+        named = Path(tmp) / "named.onnx"
+        full = onnx_graph.load(onnx_path)
+        onnx_graph.ensure_node_names(full)
+        pinned = onnx_graph.covariance_block(full)
+        onnx_graph.save(full, named)
+        reference = Path(tmp) / "reference.npz"
+        np.savez(reference, **{input_name: calibration.data[:REFERENCE_IMAGES]})
+        model = convert_to_mixed_precision(
+            onnx_path=str(named),
+            low_precision_type="fp16",
+            nodes_to_exclude=[f"^{re.escape(name)}$" for name in pinned],
+            keep_io_types=True,
+            calibration_data=str(reference),
+            providers=["cpu"],
+        )
+    return model, pinned

@@ -1,0 +1,323 @@
+"""The TensorRT backend: real builds and runs where TensorRT and a GPU exist, contracts everywhere.
+
+The `tensorrt`-marked tests build real engines and skip (with the reason
+`tensorrt_status()` gives) on machines without TensorRT or a GPU; nothing here
+imitates TensorRT. The rest run everywhere: the batch-profile parser, the status
+line, the import hygiene, and the engine-inspector JSON parser on the two
+documented JSON shapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dropcov_deploy import manifest as manifests
+from dropcov_deploy.backends.tensorrt import (
+    BatchProfile,
+    OnnxParseError,
+    TensorRTBuildError,
+    TensorRTRunner,
+    build_engine,
+    layer_precisions,
+    tensorrt_status,
+)
+from dropcov_deploy.errors import BackendUnavailable, InputError
+
+AVAILABLE, STATUS = tensorrt_status()
+needs_tensorrt = pytest.mark.skipif(not AVAILABLE, reason=f"needs TensorRT and a CUDA GPU: {STATUS}")
+IMAGE_SIZE = 64
+PROFILE = BatchProfile(1, 4, 8)
+
+
+# ---------------------------------------------------------------------------------------
+# Everywhere
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "text, expected",
+    [("1:8:32", (1, 8, 32)), ("4", (4, 4, 4)), (" 2 : 2 : 16 ", (2, 2, 16)), (7, (7, 7, 7)), ("1:1:1", (1, 1, 1))],
+)
+def test_batch_profile_parses(text, expected):
+    profile = BatchProfile.parse(text)
+    assert (profile.min, profile.opt, profile.max) == expected
+    assert BatchProfile.parse(str(profile)) == profile
+    assert profile.to_dict() == dict(zip(("min", "opt", "max"), expected))
+
+
+@pytest.mark.parametrize("text", ["", "0", "0:1:2", "8:4:2", "1:9:8", "2:1:4", "1:8", "1:2:3:4", "a:b:c", "-1", "1.5", "1:8:x"])
+def test_batch_profile_rejects_bad_text_in_one_line(text):
+    with pytest.raises(InputError) as caught:
+        BatchProfile.parse(text)
+    assert caught.value.exit_code == 2
+    assert "\n" not in str(caught.value) and "batch profile" in str(caught.value)
+
+
+def test_batch_profile_checks_direct_construction():
+    with pytest.raises(InputError, match="min <= opt <= max"):
+        BatchProfile(4, 2, 8)
+
+
+def test_status_is_one_line():
+    ok, reason = tensorrt_status()
+    assert reason and "\n" not in reason
+    if ok:
+        assert reason.startswith("TensorRT ") and " on " in reason
+    else:
+        assert any(key in reason for key in ("tensorrt not installed", "tensorrt cannot be imported", "no CUDA GPU", "libcudart not found")), reason
+
+
+def test_importing_the_backend_loads_neither_tensorrt_torch_nor_cuda():
+    code = (
+        "import sys, dropcov_deploy.backends.tensorrt\n"
+        "maps = open('/proc/self/maps').read() if sys.platform.startswith('linux') else ''\n"
+        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))\n"
+        "print('libcudart' in maps, 'libnvinfer' in maps)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    loaded = set(out[0].split())
+    assert not loaded & {"tensorrt", "tensorrt_bindings", "torch", "torchvision", "cuda", "pycuda", "cupy"}, loaded
+    assert out[1] == "False False", "libcudart or libnvinfer mapped at import"
+
+
+def test_build_checks_its_arguments_before_touching_tensorrt(tmp_path):
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"not used")
+    common = dict(profile=PROFILE, workspace_gib=None, timing_cache=None, onnx_sha256="0" * 64, calibration_sha256=None, log=lambda _: None)
+    with pytest.raises(InputError, match="precision 'bf16'"):
+        build_engine(onnx, tmp_path / "m.plan", precision="bf16", **common)
+    with pytest.raises(InputError, match="no such ONNX file"):
+        build_engine(tmp_path / "missing.onnx", tmp_path / "m.plan", precision="fp32", **common)
+    with pytest.raises(InputError, match="does not exist"):
+        build_engine(onnx, tmp_path / "no" / "m.plan", precision="fp32", **common)
+
+
+@pytest.mark.skipif(AVAILABLE, reason="TensorRT and a GPU are present")
+def test_without_tensorrt_build_and_run_raise_backend_unavailable(tmp_path):
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"not used")
+    with pytest.raises(BackendUnavailable) as caught:
+        build_engine(onnx, tmp_path / "m.plan", precision="fp32", profile=PROFILE, workspace_gib=None, timing_cache=None,
+                     onnx_sha256="0" * 64, calibration_sha256=None, log=lambda _: None)
+    assert caught.value.exit_code == 3 and str(caught.value) == STATUS
+    assert not (tmp_path / "m.plan").exists()
+    plan = tmp_path / "x.plan"
+    plan.write_bytes(b"\0")
+    with pytest.raises(BackendUnavailable):
+        TensorRTRunner(plan)
+
+
+# The two JSON shapes of IEngineInspector.get_engine_information(JSON), as documented:
+# 10.x "Bindings" and a combined "Format/Datatype" string (the strings TREx,
+# NVIDIA/TensorRT tools/experimental/trt-engine-explorer, maps); 11.x "I/O Tensors"
+# (docs.nvidia.com/deeplearning/tensorrt/11.0.0/api/migration/tensorrt-10x-to-11x-IEngineInspector.html)
+# and separate "Format"/"Datatype" keys (Polygraphy 0.53.6's engine extractor reads them so).
+# These test the parser on text; they are not engines.
+def _layer(name, inputs, outputs, key):
+    def tensor(i, value):
+        if key == "combined":
+            return {"Name": f"{name}_{i}", "Location": "Device", "Dimensions": [-1, 8], "Format/Datatype": value}
+        fmt, dtype = value
+        return {"Name": f"{name}_{i}", "Location": "Device", "Dimensions": [-1, 8], "Format": fmt, "Datatype": dtype}
+
+    return {"Name": name, "LayerType": "CaskConvolution", "Inputs": [tensor(i, v) for i, v in enumerate(inputs)],
+            "Outputs": [tensor(i, v) for i, v in enumerate(outputs)]}
+
+
+def test_layer_precisions_reads_the_10x_shape():
+    info = {
+        "Layers": [
+            _layer("conv_fp32", ["Row major linear FP32 format"], ["Row major linear FP32 format"], "combined"),
+            _layer("conv_fp16", ["Channel major FP16 format where channel % 8 == 0"], ["Half"], "combined"),
+            _layer("conv_int8", ["Thirty-two wide channel vectorized row major Int8 format"], ["Row major linear FP32 format"], "combined"),
+            _layer("reformat", ["Row major linear FP32 format"], ["Row major linear FP16 format"], "combined"),
+            _layer("gather", ["Row major linear FP32 format", "Row major linear Int32"], ["Row major linear FP32 format"], "combined"),
+            "a layer name only (no DETAILED verbosity)",
+        ],
+        "Bindings": ["input", "logits"],
+    }
+    result = layer_precisions(json.dumps(info))
+    assert result == {"total": 6, "precisions": {"FP16": 2, "FP32": 2, "INT8": 1, "UNKNOWN": 1}, "inspector_schema": "10.x (Bindings)"}
+
+
+def test_layer_precisions_reads_the_11x_shape():
+    info = {
+        "Layers": [
+            _layer("conv_fp32", [("Row major linear FP32 format (kLINEAR)", "Float")], [("Row major linear FP32 format (kLINEAR)", "Float")], "split"),
+            _layer("conv_fp16", [("Channel major FP16 format where channel % 8 == 0", "Half")], [("Row major linear FP16 format", "Half")], "split"),
+            _layer("qdq_conv", [("Row major Int8 format", "Int8")], [("Row major linear FP32 format", "Float")], "split"),
+            _layer("bf16", [("Row major linear BFloat16 format", "BFloat16")], [("Row major linear BFloat16 format", "BFloat16")], "split"),
+        ],
+        "I/O Tensors": [
+            {"Name": "input", "IOMode": "Input", "DataType": "Float", "Dimensions": [-1, 3, 64, 64], "Location": "Device"},
+            {"Name": "logits", "IOMode": "Output", "DataType": "Float", "Dimensions": [-1, 10], "Location": "Device"},
+        ],
+    }
+    result = layer_precisions(info)
+    assert result["precisions"] == {"BF16": 1, "FP16": 1, "FP32": 1, "INT8": 1}
+    assert result["total"] == 4 and result["inspector_schema"] == "11.x (I/O Tensors)"
+
+
+# ---------------------------------------------------------------------------------------
+# With TensorRT and a GPU
+# ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def onnx_fp32(tmp_path_factory):
+    """resnet18_ACD, d=16, 64x64, dynamic batch: exported like a user's checkpoint."""
+    if not AVAILABLE:
+        pytest.skip(f"needs TensorRT and a CUDA GPU: {STATUS}")
+    import torch
+    from reference import authors_state_dict
+
+    from dropcov_deploy.export import export_onnx
+
+    folder = tmp_path_factory.mktemp("trt")
+    state = authors_state_dict("resnet18_ACD", 16, 10, 0)
+    checkpoint = folder / "model_best.pth.tar"
+    torch.save({"epoch": 90, "arch": "resnet18_ACD", "state_dict": {f"module.{k}": v for k, v in state.items()}}, checkpoint)
+    return export_onnx(checkpoint, folder / "r18.onnx", image_size=IMAGE_SIZE).path
+
+
+@pytest.fixture(scope="module")
+def images():
+    """Real images: the bundled digits' calibration split, preprocessed at 64x64."""
+    from dropcov_deploy.data import digits
+
+    prep = dataclasses.replace(digits.PREPROCESSING, resize=IMAGE_SIZE, crop=IMAGE_SIZE)
+    return digits.preprocessed(digits.load_splits()["calibration"], prep)
+
+
+def _build(onnx_path: Path, plan: Path, precision: str, **extra):
+    options = dict(profile=PROFILE, workspace_gib=1.0, timing_cache=None, onnx_sha256=manifests.sha256_file(onnx_path),
+                   calibration_sha256=None, log=lambda _: None)
+    options.update(extra)
+    return build_engine(onnx_path, plan, precision=precision, **options)
+
+
+@pytest.fixture(scope="module")
+def fp32_engine(onnx_fp32, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fp32")
+    plan = folder / "r18_fp32.plan"
+    manifest = _build(onnx_fp32, plan, "fp32", timing_cache=folder / "timing.cache")
+    return plan, manifest
+
+
+@pytest.mark.tensorrt
+@needs_tensorrt
+def test_fp32_engine_matches_onnx_runtime_at_two_batch_sizes(fp32_engine, onnx_fp32, images):
+    from dropcov_deploy.backends.onnxruntime import OnnxRuntimeRunner
+    from dropcov_deploy.metrics import relative_error
+
+    plan, _ = fp32_engine
+    reference = OnnxRuntimeRunner(onnx_fp32)
+    with TensorRTRunner(plan) as runner:
+        assert runner.backend == "tensorrt"
+        for batch in (1, 5):
+            got = runner(images[:batch])
+            assert got.shape == (batch, 10) and got.dtype == np.float32
+            assert relative_error(got, reference(images[:batch])) < 1e-3
+            assert runner.last_gpu_ms is not None and runner.last_gpu_ms > 0
+        assert runner.infer_device_only() > 0
+        with pytest.raises(InputError, match="engine accepts"):
+            runner(images[:PROFILE.max + 1])
+
+
+@pytest.mark.tensorrt
+@needs_tensorrt
+def test_fp32_manifest_records_the_build(fp32_engine):
+    plan, manifest = fp32_engine
+    assert manifests.read_manifest(plan) == manifest
+    assert manifest["kind"] == "tensorrt-engine" and manifest["precision"] == "fp32"
+    assert manifest["tensorrt_version"] == STATUS.split()[1]
+    assert manifest["gpu_name"] and manifest["compute_capability"] and manifest["cuda_runtime_version"]
+    assert manifest["plan_sha256"] == manifests.sha256_file(plan)
+    assert manifest["profile"] == PROFILE.to_dict()
+    assert manifest["layers"]["precisions"].get("FP32", 0) > 0
+    names = {t["name"]: t for t in manifest["io"]}
+    assert names["input"]["mode"] == "input" and names["input"]["profile"]["max"][0] == PROFILE.max
+    assert names["logits"]["mode"] == "output"
+    assert (plan.parent / "timing.cache").stat().st_size > 0
+
+
+@pytest.mark.tensorrt
+@needs_tensorrt
+def test_runner_refuses_a_plan_from_another_tensorrt_or_gpu(fp32_engine, tmp_path):
+    plan, manifest = fp32_engine
+    for field, fake in (("tensorrt_version", "9.9.9"), ("gpu_name", "Imaginary GPU 1000")):
+        copy = tmp_path / f"{field}.plan"
+        shutil.copyfile(plan, copy)
+        manifests.write_manifest(manifests.sidecar_path(copy), {**manifest, field: fake})
+        with pytest.raises(InputError) as caught:
+            TensorRTRunner(copy)
+        message = str(caught.value)
+        assert fake in message and str(manifest[field]) in message and "\n" not in message
+
+
+@pytest.mark.tensorrt
+@needs_tensorrt
+def test_fp16_build_of_an_fp32_onnx_fails_and_leaves_no_plan(onnx_fp32, tmp_path):
+    plan = tmp_path / "not_fp16.plan"
+    with pytest.raises(TensorRTBuildError, match="no FP16 layers"):
+        _build(onnx_fp32, plan, "fp16")
+    assert not plan.exists() and not manifests.sidecar_path(plan).exists()
+
+
+@pytest.mark.tensorrt
+@needs_tensorrt
+def test_fp16_engine_has_fp16_layers(onnx_fp32, images, tmp_path):
+    try:
+        from dropcov_deploy.precision.fp16 import convert_fp16
+        from dropcov_deploy.precision.calibration import CalibrationSet
+    except ImportError as exc:
+        pytest.skip(f"no FP16 conversion (dropcov_deploy.precision.fp16.convert_fp16): {exc}")
+    from dropcov_deploy import onnx_graph
+    from dropcov_deploy.backends.onnxruntime import OnnxRuntimeRunner
+    from dropcov_deploy.metrics import relative_error
+
+    calibration = CalibrationSet(source=Path("digits-calibration"), data=images, labels=None, sha256="digits")
+    try:
+        converted = convert_fp16(onnx_fp32, calibration)
+    except (BackendUnavailable, TypeError) as exc:
+        pytest.skip(f"convert_fp16 unavailable here: {exc}")
+    model = converted[0] if isinstance(converted, tuple) else converted
+    fp16_onnx = tmp_path / "r18_fp16.onnx"
+    onnx_graph.save(model, fp16_onnx)
+    plan = tmp_path / "r18_fp16.plan"
+    manifest = _build(fp16_onnx, plan, "fp16")
+    assert manifest["layers"]["precisions"].get("FP16", 0) > 0, manifest["layers"]
+    with TensorRTRunner(plan) as runner:
+        got = runner(images[:4])
+    assert np.isfinite(got).all()
+    assert relative_error(got, OnnxRuntimeRunner(onnx_fp32)(images[:4])) < 1e-2
+
+
+@pytest.mark.tensorrt
+@needs_tensorrt
+def test_parser_failure_reports_every_error(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("NotAnOperator", ["x"], ["y"], name="first_bad", domain="example.invalid"),
+        helper.make_node("AlsoNotAnOperator", ["y"], ["z"], name="second_bad", domain="example.invalid"),
+    ]
+    graph = helper.make_graph(nodes, "bad", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("example.invalid", 1)])
+    path = tmp_path / "bad.onnx"
+    onnx.save(model, str(path))
+    plan = tmp_path / "bad.plan"
+    with pytest.raises(OnnxParseError) as caught:
+        _build(path, plan, "fp32")
+    message, errors = str(caught.value), caught.value.errors
+    assert caught.value.exit_code == 2 and errors and "\n" not in message
+    assert f"failed with {len(errors)} error(s)" in message
+    for index, error in enumerate(errors, 1):  # every parser error is in the one message
+        assert f"[{index}]" in message and error["desc"] in message
+    assert not plan.exists()
