@@ -58,26 +58,30 @@ def demo_command(
     out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Folder for the model, artifacts and report."),
     epochs: int = typer.Option(10, "--epochs", help="Training epochs on digits."),
 ) -> None:
-    """Run the whole chain on bundled data: train, export, evaluate, report."""
-    from rich.table import Table
-
+    """Run the whole chain on bundled data: train, export, build FP16/INT8, verify, bench, report."""
     from dropcov_deploy.console import out as console
     from dropcov_deploy.console import step
     from dropcov_deploy.demo import run_demo
 
     result = run_demo(out, epochs=epochs, step=step)
-    table = Table(title="dropcov-deploy demo: held-out digits")
-    for column in ("artifact", "backend", "precision", "accuracy", "top-1 agreement", "max rel. error", "non-finite"):
-        table.add_column(column)
-    for s in result.scores:
-        table.add_row(s.name, s.backend, s.precision, f"{s.accuracy:.4f}", f"{s.top1_agreement:.4f}", f"{s.max_relative_error:.1e}", str(s.nonfinite))
-    for name, why in result.missing.items():
-        table.add_row(f"[dim]{name}[/]", "[dim]not yet available[/]", "", "", "", "", "", end_section=False)
-    console.print(table)
+    from rich.markup import escape
+
+    from dropcov_deploy.bench import render_bench
+    from dropcov_deploy.reports import render_verify
+
+    render_verify(result.verify)
+    render_bench(result.bench)
     console.print(
-        f"checkpoint {result.checkpoint}\nONNX       {result.onnx}\nreport     {result.report}\nplot       {result.plot}\n"
+        f"backend    {escape(result.backend_note)}\n"
+        f"checkpoint {result.checkpoint}\nONNX       {result.onnx}\nreport     {result.report}\n"
+        f"plots      {result.plot}, {result.bench_plot}\n"
+        f"verify     {'PASS' if result.passed else 'FAIL'} ({result.out / 'verify.json'})\n"
         f"time       " + ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())
     )
+    if not result.passed:
+        from dropcov_deploy.errors import GateFailed
+
+        raise GateFailed("the demo's artifacts failed verification (see the table above)")
 
 
 @app.command("train")
@@ -206,6 +210,108 @@ def build_command(
     if result.engine:
         summary.append(f"TensorRT engine: {result.engine}")
     console.print("\n".join(summary), highlight=False)
+
+
+@app.command("verify")
+def verify_command(
+    artifacts: list[Path] = typer.Argument(..., help="ONNX models (any precision) and TensorRT engines."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="The original model: the reference."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Image folder (ImageFolder labelled, or flat)."),
+    random: Optional[int] = typer.Option(None, "--random", help="N seeded random inputs instead of images."),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    gates: Optional[Path] = typer.Option(None, "--gates", help="JSON file overriding the default gates."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Write the JSON report here."),
+    junit: Optional[Path] = typer.Option(None, "--junit", help="Write JUnit XML here."),
+    locate: bool = typer.Option(False, "--locate", help="For a failing artifact, name the first diverging stage."),
+    device: str = typer.Option("cpu", "--device", help="ONNX Runtime device: cpu or cuda."),
+    json_out: bool = typer.Option(False, "--json", help="Print the JSON report instead of a table."),
+) -> None:
+    """Parity of every artifact against the PyTorch model: metrics, chain attribution, gates (exit 1 on failure)."""
+    from dropcov_deploy.console import step
+    from dropcov_deploy.errors import GateFailed
+    from dropcov_deploy.reports import junit_xml, render_verify, write_json, write_text
+    from dropcov_deploy.verify import verify
+
+    result = verify(checkpoint, list(artifacts), data=data, random=random, batch_size=batch_size, gates_file=gates,
+                    locate=locate, device=device, step=step)
+    data_out = result.to_dict()
+    if report:
+        write_json(report, data_out)
+    if junit:
+        write_text(junit, junit_xml(data_out))
+    if json_out:
+        import json
+
+        typer.echo(json.dumps(data_out, indent=2, default=str))
+    else:
+        render_verify(data_out)
+    if not result.passed:
+        failed = [f"{Path(a['path']).name}: " + ", ".join(n for n, g in a["gates"].items() if g["passed"] is False)
+                  for a in data_out["artifacts"] if not a["passed"]]
+        raise GateFailed("verification failed: " + "; ".join(failed))
+
+
+@app.command("bench")
+def bench_command(
+    artifacts: list[Path] = typer.Argument(..., help="ONNX models and TensorRT engines to time."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="Also time the PyTorch model (the baseline)."),
+    batch_sizes: str = typer.Option("1,8,32", "--batch-sizes", help="Comma-separated batch sizes."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Intra-op threads for torch and ONNX Runtime."),
+    warmup: float = typer.Option(1.0, "--warmup", help="Warm-up seconds per measurement."),
+    max_time: float = typer.Option(5.0, "--max-time", help="Seconds at most per measurement (stops earlier once the median is stable)."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Write the JSON report here."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of latency and throughput against batch size."),
+    json_out: bool = typer.Option(False, "--json", help="Print the JSON report instead of a table."),
+) -> None:
+    """Latency percentiles and throughput per backend and batch size, with speed-up against PyTorch."""
+    from dropcov_deploy.bench import bench, plot_bench, render_bench
+    from dropcov_deploy.console import err
+    from dropcov_deploy.reports import write_json
+
+    try:
+        sizes = [int(s) for s in batch_sizes.split(",") if s.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"--batch-sizes takes integers like 1,8,32, got {batch_sizes!r}") from None
+    with err.status("benchmarking ...") as status:
+        result = bench(list(artifacts), checkpoint=checkpoint, batch_sizes=sizes, device=device, threads=threads,
+                       warmup_s=warmup, max_time_s=max_time, progress=lambda text: status.update(f"benchmarking {text} ..."))
+    if report:
+        write_json(report, result)
+    if plot:
+        plot_bench(result, plot)
+    if json_out:
+        import json
+
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        render_bench(result)
+
+
+@app.command("predict")
+def predict_command(
+    artifact: Path = typer.Argument(..., help="An ONNX model or TensorRT engine with its manifest."),
+    images: list[Path] = typer.Argument(..., help="Image files."),
+    top_k: int = typer.Option(5, "--top", help="How many classes to show per image."),
+    device: str = typer.Option("cpu", "--device", help="ONNX Runtime device: cpu or cuda."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Top-5 classes per image; the edge runtime path (no torch)."""
+    from dropcov_deploy.predict import predict
+
+    results = predict(artifact, list(images), top_k=top_k, device=device)
+    if json_out:
+        import json
+
+        typer.echo(json.dumps(results, indent=2))
+        return
+    from rich.markup import escape
+
+    from dropcov_deploy.console import out as console
+
+    for result in results:
+        ranked = ", ".join(f"{escape(t['name'])} {t['probability']:.3f}" for t in result["top"])
+        console.print(f"{escape(result['image'])}: {ranked}", highlight=False)
 
 
 @app.command("inspect")

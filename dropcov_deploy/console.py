@@ -16,13 +16,17 @@ err = Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, widt
 
 def fail(message: str) -> None:
     """Print a user error as exactly one line (no wrapping, no traceback)."""
-    err.print(f"[bold red]error:[/] {message}", soft_wrap=True, highlight=False, markup=True)
+    from rich.markup import escape
+
+    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, highlight=False, markup=True)
 
 
 @contextmanager
 def step(description: str) -> Iterator[None]:
     """Show a spinner while a long step runs, then a tick and how long it took."""
     started = time.perf_counter()
-    with err.status(f"{description} ...", spinner="dots"):
+    from rich.markup import escape
+
+    with err.status(f"{escape(description)} ...", spinner="dots"):
         yield
-    err.print(f"[green]done[/] {description} [dim]({time.perf_counter() - started:.1f} s)[/]", highlight=False)
+    err.print(f"[green]done[/] {escape(description)} [dim]({time.perf_counter() - started:.1f} s)[/]", highlight=False)

@@ -19,23 +19,8 @@ from dropcov_deploy.export import StepReporter, _quiet_step
 DEMO_ARCH = "resnet10_compact_ACD"
 DEMO_EPOCHS = 10
 REPO_CALIBRATION = Path(__file__).resolve().parents[1] / "calibration" / "digits"
-MISSING_STEPS = {
-    "build fp16 / int8": "FP16 and INT8 artifacts (issue: dropcov-deploy build)",
-    "verify": "parity gates per artifact (issue: dropcov-deploy verify)",
-    "bench": "latency and throughput (issue: dropcov-deploy bench)",
-}
-
-
-@dataclass
-class ArtifactScore:
-    name: str
-    path: Path
-    backend: str
-    precision: str
-    accuracy: float
-    top1_agreement: float
-    max_relative_error: float
-    nonfinite: int
+BENCH_BATCH_SIZES = (1, 8)
+BENCH_MAX_TIME_S = 2.0
 
 
 @dataclass
@@ -47,9 +32,15 @@ class DemoResult:
     plot: Path
     calibration: Path
     val_accuracy: float
-    scores: list[ArtifactScore] = field(default_factory=list)
-    missing: dict[str, str] = field(default_factory=dict)
+    verify: dict[str, Any] = field(default_factory=dict)
+    bench: dict[str, Any] = field(default_factory=dict)
+    bench_plot: Path | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    backend_note: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.verify.get("passed"))
 
 
 def calibration_folder(out: Path) -> Path:
@@ -64,37 +55,29 @@ def calibration_folder(out: Path) -> Path:
     return folder
 
 
-def score_artifacts(checkpoint: Path, onnx_path: Path, images_dir: Path) -> list[ArtifactScore]:
-    """Held-out accuracy of PyTorch and of each artifact, and agreement with PyTorch."""
-    import torch
+@dataclass
+class Artifact:
+    name: str
+    path: Path
+    backend: str
+    precision: str
 
-    from dropcov_deploy.backends.onnxruntime import OnnxRuntimeRunner
-    from dropcov_deploy.data.images import list_images, load_batch
-    from dropcov_deploy.metrics import relative_error
-    from dropcov_deploy.models import load_checkpoint_with_info
 
-    loaded = load_checkpoint_with_info(checkpoint)
-    image_set = list_images(images_dir)
-    batch = load_batch(image_set.paths, loaded.info.resolved_preprocessing())
-    labels = np.asarray(image_set.labels)
-    with torch.no_grad():
-        reference = loaded.model(torch.from_numpy(batch)).numpy()
-    ort = OnnxRuntimeRunner(onnx_path)(batch)
-    scores = []
-    for name, path, backend, precision, logits in (
-        ("PyTorch (eager, FP32)", checkpoint, "torch", "fp32", reference),
-        ("ONNX FP32", onnx_path, "onnxruntime-cpu", "fp32", ort),
-    ):
-        scores.append(
-            ArtifactScore(
-                name=name, path=path, backend=backend, precision=precision,
-                accuracy=float((logits.argmax(1) == labels).mean()),
-                top1_agreement=float((logits.argmax(1) == reference.argmax(1)).mean()),
-                max_relative_error=relative_error(logits, reference),
-                nonfinite=int((~np.isfinite(logits)).sum()),
-            )
-        )
-    return scores
+def build_artifacts(onnx_path: Path, calibration: Path, step: StepReporter) -> tuple[list[Artifact], str]:
+    """FP16 and INT8 for the backend this machine has: TensorRT engines on a GPU, else ONNX Runtime."""
+    from dropcov_deploy.backends.tensorrt import tensorrt_status
+    from dropcov_deploy.build import BuildOptions, build
+
+    available, reason = tensorrt_status()
+    backend = "tensorrt" if available else "onnxruntime"
+    note = f"TensorRT: {reason}" if available else f"ONNX Runtime on the CPU (no TensorRT engine: {reason})"
+    artifacts = [Artifact("ONNX FP32", onnx_path, "onnxruntime-cpu", "fp32")]
+    for precision in ("fp16", "int8"):
+        result = build(onnx_path, BuildOptions(precision=precision, calib=calibration, backend=backend), step=step)
+        artifacts.append(Artifact(f"ONNX {precision.upper()} ({result.manifest['target']} target)", result.precision_onnx, "onnxruntime-cpu", precision))
+        if result.engine is not None:
+            artifacts.append(Artifact(f"TensorRT {precision.upper()} engine", result.engine, "tensorrt", precision))
+    return artifacts, note
 
 
 def run_demo(out: Path, epochs: int = DEMO_EPOCHS, step: StepReporter = _quiet_step, show_progress: bool = True) -> DemoResult:
@@ -114,17 +97,33 @@ def run_demo(out: Path, epochs: int = DEMO_EPOCHS, step: StepReporter = _quiet_s
     exported = export_onnx(trained.best_path, out / "model.onnx", step=step)
     seconds["export"] = time.perf_counter() - started
 
-    started = time.perf_counter()
     calibration = calibration_folder(out)
-    with step(f"scoring artifacts on {calibration}"):
-        scores = score_artifacts(trained.best_path, exported.path, calibration)
-    seconds["evaluate"] = time.perf_counter() - started
+    started = time.perf_counter()
+    artifacts, backend_note = build_artifacts(exported.path, calibration, step)
+    seconds["build"] = time.perf_counter() - started
+
+    from dropcov_deploy.bench import bench, plot_bench
+    from dropcov_deploy.reports import write_json
+    from dropcov_deploy.verify import verify
+
+    started = time.perf_counter()
+    paths = [a.path for a in artifacts]
+    verified = verify(trained.best_path, paths, data=calibration, step=step).to_dict()
+    write_json(out / "verify.json", verified)
+    seconds["verify"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    with step(f"benchmarking PyTorch and {len(paths)} artifacts at batch {', '.join(map(str, BENCH_BATCH_SIZES))}"):
+        timed = bench(paths, checkpoint=trained.best_path, batch_sizes=list(BENCH_BATCH_SIZES), max_time_s=BENCH_MAX_TIME_S, warmup_s=0.5)
+    write_json(out / "bench.json", timed)
+    bench_png = plot_bench(timed, out / "bench.png")
+    seconds["bench"] = time.perf_counter() - started
 
     plot = plot_training(trained.history, out / "training.png")
     result = DemoResult(
         out=out, checkpoint=trained.best_path, onnx=exported.path, report=out / "report.md", plot=plot,
-        calibration=calibration, val_accuracy=trained.best_accuracy, scores=scores,
-        missing=dict(MISSING_STEPS), seconds=seconds,
+        calibration=calibration, val_accuracy=trained.best_accuracy, verify=verified, bench=timed, bench_plot=bench_png,
+        seconds=seconds, backend_note=backend_note,
     )
     write_report(result, trained.history, exported.manifest)
     return result
@@ -133,18 +132,33 @@ def run_demo(out: Path, epochs: int = DEMO_EPOCHS, step: StepReporter = _quiet_s
 def write_report(result: DemoResult, history: list[Any], manifest: dict[str, Any]) -> Path:
     from dropcov_deploy.reports import markdown_table, write_text
 
-    rows = [
-        [s.name, s.path.name, s.backend, s.precision, f"{s.accuracy:.4f}", f"{s.top1_agreement:.4f}", f"{s.max_relative_error:.1e}", s.nonfinite]
-        for s in result.scores
-    ]
+    verify_rows = [["PyTorch (eager, FP32)", Path(result.verify["reference"]["checkpoint"]).name, "torch", "fp32",
+                    f"{result.verify['reference'].get('accuracy', 0):.4f}", "1.0000", "-", "-", "0", "reference"]]
+    for a in result.verify["artifacts"]:
+        m = a["metrics"]
+        failed = [n for n, g in a["gates"].items() if g["passed"] is False]
+        verify_rows.append([Path(a["path"]).name, Path(a["path"]).name, a["backend"], a["precision"], f"{m['accuracy']:.4f}",
+                            f"{m['top1_agreement']:.4f}", f"{m['relative_error']:.1e}", f"{m['cosine_min']:.5f}", m["nonfinite"],
+                            "pass" if a["passed"] else "FAIL: " + ", ".join(failed)])
+    bench_rows = [[r["backend"], Path(r["artifact"]).name, r["precision"], r["batch_size"], f"{r['latency_ms']['p50']:.2f}",
+                   f"{r['latency_ms']['p90']:.2f}", f"{r['latency_ms']['p99']:.2f}", f"{r['throughput']:.0f}", r["iterations"],
+                   "-" if r["speedup_vs_torch"] is None else f"{r['speedup_vs_torch']:.2f}x"] for r in result.bench["results"]]
     text = "\n\n".join(
         [
             "# dropcov-deploy demo",
             f"Model: `{DEMO_ARCH}` (d = {manifest['dim']}) trained on scikit-learn's digits, "
             f"best validation accuracy {result.val_accuracy:.4f}.",
-            f"Artifacts scored on {len(list(result.calibration.rglob('*.png')))} held-out images in `{result.calibration}` "
-            "(never used for training or model selection).",
-            markdown_table(["artifact", "file", "backend", "precision", "held-out accuracy", "top-1 agreement", "max rel. error", "non-finite"], rows),
+            f"Backend: {result.backend_note}.",
+            "## Verify",
+            f"Every artifact against the PyTorch model on {result.verify['samples']} held-out images in `{result.calibration}` "
+            f"(never used for training or model selection); gates per precision. Overall: {'PASS' if result.passed else 'FAIL'}.",
+            markdown_table(["artifact", "file", "backend", "precision", "held-out accuracy", "top-1 agreement", "max rel. error",
+                            "min cosine", "non-finite", "gates"], verify_rows),
+            "## Bench",
+            f"On {result.bench['machine'].get('cpu', '?')}, {result.bench['machine']['device']}; warm-up by time, "
+            f"then until the median is stable or {BENCH_MAX_TIME_S:.0f} s per cell. Latency in ms.",
+            markdown_table(["backend", "artifact", "precision", "batch", "p50", "p90", "p99", "images/s", "iterations", "vs PyTorch"], bench_rows),
+            f"![latency and throughput]({result.bench_plot.name})" if result.bench_plot else "",
             "## Training",
             f"![training curves]({result.plot.name})",
             markdown_table(
@@ -152,8 +166,6 @@ def write_report(result: DemoResult, history: list[Any], manifest: dict[str, Any
                 [[h.epoch, f"{h.train_loss:.4f}", f"{h.train_accuracy:.4f}", f"{h.val_loss:.4f}", f"{h.val_accuracy:.4f}",
                   "-" if h.drop_rate is None else f"{h.drop_rate:.3f}", f"{h.images_per_second:.0f}"] for h in history],
             ),
-            "## Not yet available",
-            "\n".join(f"- {name}: {why}" for name, why in result.missing.items()),
             "## Time",
             "\n".join(f"- {name}: {value:.1f} s" for name, value in result.seconds.items()),
         ]

@@ -98,3 +98,19 @@ def read_manifest(artifact: Path) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         raise InputError(f"{sidecar}: not a valid manifest (expected a JSON object)")
     return data
+
+
+def artifact_manifest(path: Path) -> dict[str, Any]:
+    """An artifact's manifest: the sidecar, else (ONNX) the dropcov.* metadata_props."""
+    from dropcov_deploy.backends import artifact_kind
+
+    path = Path(path)
+    data = read_manifest(path)
+    if data is None and artifact_kind(path) == "onnx":
+        from dropcov_deploy import onnx_graph
+
+        proto = onnx_graph.load(path, load_external_data=False)
+        data = manifest_from_metadata({p.key: p.value for p in proto.metadata_props})
+    if not data:
+        raise InputError(f"{path}: no manifest beside it ({sidecar_path(path).name}); cannot tell its precision and input")
+    return data

@@ -14,3 +14,38 @@ def relative_error(actual: np.ndarray, reference: np.ndarray) -> float:
     if scale == 0.0:
         return 0.0 if diff == 0.0 else float("inf")
     return diff / scale
+
+
+def compare(logits: np.ndarray, reference: np.ndarray, labels: np.ndarray | None = None) -> dict[str, float | int | None]:
+    """Parity of one output against a reference: errors, cosine, agreement, accuracy.
+
+    top5_agreement: share of samples whose reference top-1 class is in the output's top-5.
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64)
+    finite = np.isfinite(logits)
+    safe = np.where(finite, logits, 0.0)
+    diff = np.abs(safe - reference)
+    norms = np.linalg.norm(safe, axis=1) * np.linalg.norm(reference, axis=1)
+    cosine = np.where(norms > 0, (safe * reference).sum(axis=1) / np.maximum(norms, 1e-300), 1.0)
+    ref_top1 = reference.argmax(axis=1)
+    k = min(5, logits.shape[1])
+    top5 = np.argsort(-safe, axis=1)[:, :k]
+    result: dict[str, float | int | None] = {
+        "max_abs_error": float(diff.max()),
+        "mean_abs_error": float(diff.mean()),
+        "relative_error": relative_error(safe, reference),
+        "cosine_mean": float(cosine.mean()),
+        "cosine_min": float(cosine.min()),
+        "top1_agreement": float((safe.argmax(axis=1) == ref_top1).mean()),
+        "top5_agreement": float((top5 == ref_top1[:, None]).any(axis=1).mean()),
+        "nonfinite": int((~finite).sum()),
+        "accuracy": None,
+        "reference_accuracy": None,
+        "accuracy_drop": None,
+    }
+    if labels is not None:
+        accuracy = float((safe.argmax(axis=1) == labels).mean())
+        reference_accuracy = float((ref_top1 == labels).mean())
+        result.update(accuracy=accuracy, reference_accuracy=reference_accuracy, accuracy_drop=reference_accuracy - accuracy)
+    return result

@@ -48,3 +48,63 @@ def plot_training(history: Sequence[Any], path: Path) -> Path:
     atomic_write(Path(path), save)
     plt.close(fig)
     return Path(path)
+
+
+def write_json(path: Path, data: Any) -> Path:
+    import json
+
+    return write_text(Path(path), json.dumps(data, indent=2, default=str) + "\n")
+
+
+def junit_xml(report: dict[str, Any], suite: str = "dropcov-deploy verify") -> str:
+    """JUnit XML: one testcase per artifact, a failure listing the gates it missed."""
+    from xml.sax.saxutils import escape, quoteattr
+
+    cases = []
+    failures = 0
+    for artifact in report["artifacts"]:
+        failed = [f"{name}: {g['value']} (min {g.get('min', '-')}, max {g.get('max', '-')})"
+                  for name, g in artifact["gates"].items() if g["passed"] is False]
+        name = quoteattr(f"{artifact['path']} [{artifact['precision']}, {artifact['backend']}]")
+        if failed:
+            failures += 1
+            body = f'<failure message={quoteattr("; ".join(failed))}>{escape(chr(10).join(failed))}</failure>'
+            cases.append(f"  <testcase classname=\"verify\" name={name}>{body}</testcase>")
+        else:
+            cases.append(f"  <testcase classname=\"verify\" name={name}/>")
+    header = f'<testsuite name={quoteattr(suite)} tests="{len(cases)}" failures="{failures}" errors="0" time="{report.get("seconds", 0):.3f}">'
+    return "\n".join(['<?xml version="1.0" encoding="UTF-8"?>', header, *cases, "</testsuite>", ""])
+
+
+def render_verify(report: dict[str, Any]) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from dropcov_deploy.console import out
+
+    table = Table(title=f"verify: {report['samples']} inputs, reference {escape(report['reference']['arch'])} (PyTorch FP32)")
+    for column in ("artifact", "precision", "backend", "rel. error", "cos min", "top-1", "top-5", "non-finite", "accuracy", "gates"):
+        table.add_column(column)
+    reference_accuracy = report["reference"].get("accuracy")
+    table.add_row("PyTorch (reference)", "fp32", "torch", "-", "-", "-", "-", "-",
+                  "-" if reference_accuracy is None else f"{reference_accuracy:.4f}", "")
+    for artifact in report["artifacts"]:
+        m = artifact["metrics"]
+        failed = [name for name, g in artifact["gates"].items() if g["passed"] is False]
+        verdict = "[green]pass[/]" if artifact["passed"] else "[red]FAIL: " + escape(", ".join(failed)) + "[/]"
+        table.add_row(
+            escape(Path(artifact["path"]).name), artifact["precision"], artifact["backend"], f"{m['relative_error']:.1e}",
+            f"{m['cosine_min']:.5f}", f"{m['top1_agreement']:.4f}", f"{m['top5_agreement']:.4f}", str(m["nonfinite"]),
+            "-" if m["accuracy"] is None else f"{m['accuracy']:.4f}", verdict,
+        )
+    out.print(table)
+    for artifact in report["artifacts"]:
+        if len(artifact["chain"]) > 1:
+            parts = "; ".join(f"{step}: rel {v.get('relative_error', 0):.1e}, top-1 {v.get('top1_agreement', 0):.4f}"
+                              for step, v in artifact["chain"].items())
+            out.print(f"[dim]chain {escape(Path(artifact['path']).name)}: {escape(parts)}[/]", highlight=False)
+        located = artifact.get("locate")
+        if located and located.get("supported"):
+            errors = ", ".join(f"{k} {v:.1e}" for k, v in located["relative_error"].items())
+            out.print(f"locate {escape(Path(artifact['path']).name)}: first diverging tensor [bold]{located['first_diverging_tensor']}[/] "
+                      f"(stage [bold]{located['stage']}[/]); relative error per stage: {errors}", highlight=False)

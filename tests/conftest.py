@@ -29,3 +29,19 @@ def authors_checkpoint(tmp_path):
         return path, state
 
     return make
+
+
+@pytest.fixture(scope="session")
+def trained_digits(tmp_path_factory):
+    """A real trained compact model (digits, 10 epochs, ~45 s on 2 cores) and its FP32 export.
+
+    Shared by the build, verify and bench tests: random weights would make top-1 agreement
+    and accuracy meaningless.
+    """
+    from dropcov_deploy.export import export_onnx
+    from dropcov_deploy.train import TrainConfig, train
+
+    folder = tmp_path_factory.mktemp("trained")
+    result = train(TrainConfig(arch="resnet10_compact_ACD", dataset="digits", epochs=10, out=folder / "model.pt"), show_progress=False)
+    assert result.best_accuracy >= 0.95
+    return result.best_path, export_onnx(result.best_path, folder / "model.onnx").path

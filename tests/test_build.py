@@ -18,19 +18,14 @@ from dropcov_deploy.data.preprocessing import Preprocessing
 from dropcov_deploy.errors import InputError
 from dropcov_deploy.export import export_onnx
 from dropcov_deploy.precision.calibration import load_calibration
-from dropcov_deploy.train import TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
 CALIBRATION = REPO / "calibration" / "digits"
 
 
 @pytest.fixture(scope="session")
-def trained_onnx(tmp_path_factory):
-    """A real trained compact model (digits, 10 epochs) and its FP32 export."""
-    folder = tmp_path_factory.mktemp("trained")
-    result = train(TrainConfig(arch="resnet10_compact_ACD", dataset="digits", epochs=10, out=folder / "model.pt"), show_progress=False)
-    assert result.best_accuracy >= 0.95
-    return export_onnx(result.best_path, folder / "model.onnx").path
+def trained_onnx(trained_digits):
+    return trained_digits[1]
 
 
 @pytest.fixture

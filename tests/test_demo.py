@@ -1,20 +1,33 @@
 """The README's main command: the whole chain on bundled digits, with a real trained model."""
 
-import re
+import json
 
 import pytest
 from cli_helpers import run_cli
 
 
 @pytest.mark.slow
-def test_demo_trains_exports_scores_and_reports(tmp_path):
+def test_demo_trains_exports_builds_verifies_benches_and_reports(tmp_path):
     out = tmp_path / "demo"
     result = run_cli("demo", "--out", out)
     assert result.returncode == 0, result.stderr[-3000:]
-    for name in ["model.pt", "model-last.pt", "model.onnx", "model.onnx.json", "report.md", "training.png"]:
+    for name in ["model.pt", "model-last.pt", "model.onnx", "model.onnx.json", "model.fp16.cpu.onnx", "model.int8.cpu.onnx",
+                 "report.md", "training.png", "bench.png", "verify.json", "bench.json"]:
         assert (out / name).exists(), name
-    assert (out / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for plot in ("training.png", "bench.png"):
+        assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    verified = json.loads((out / "verify.json").read_text())
+    assert verified["passed"] is True
+    assert verified["reference"]["accuracy"] >= 0.95  # the compact model on held-out digits
+    precisions = {a["precision"]: a for a in verified["artifacts"]}
+    assert set(precisions) == {"fp32", "fp16", "int8"}
+    assert precisions["fp32"]["metrics"]["accuracy"] >= 0.95
+    assert precisions["fp16"]["metrics"]["top1_agreement"] >= 0.995 and precisions["fp16"]["metrics"]["nonfinite"] == 0
+    assert precisions["int8"]["metrics"]["top1_agreement"] >= 0.97
+    assert precisions["int8"]["metrics"]["accuracy_drop"] <= 0.01
+    timed = json.loads((out / "bench.json").read_text())
+    cells = {(r["backend"], r["batch_size"]) for r in timed["results"]}
+    assert {("torch", 1), ("torch", 8), ("onnxruntime-cpu", 1), ("onnxruntime-cpu", 8)} <= cells
     report = (out / "report.md").read_text()
-    accuracies = [float(x) for x in re.findall(r"\| (?:PyTorch \(eager, FP32\)|ONNX FP32) \|[^\n]*?\| fp32 \| ([0-9.]+) \|", report)]
-    assert len(accuracies) == 2 and min(accuracies) >= 0.95, report
-    assert "Not yet available" in report and "not yet available" in result.stdout
+    assert "## Verify" in report and "## Bench" in report and "bench.png" in report and "Backend: " in report
+    assert "verify     PASS" in result.stdout

@@ -1,0 +1,57 @@
+"""Verification gates: per-precision thresholds on parity metrics, overridable by a file.
+
+Defaults follow deployment-notes.md's starting gates; the accuracy gates apply only
+when the inputs are labelled. A gates file is JSON:
+{"fp16": {"top1_agreement": {"min": 0.99}}, "int8": {"accuracy_drop": {"max": 0.01}}}.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+from dropcov_deploy.errors import InputError
+
+DEFAULT_GATES: dict[str, dict[str, dict[str, float]]] = {
+    "fp32": {"relative_error": {"max": 1e-4}, "top1_agreement": {"min": 1.0}, "nonfinite": {"max": 0}},
+    "fp16": {"nonfinite": {"max": 0}, "top1_agreement": {"min": 0.995}, "cosine_min": {"min": 0.999}, "accuracy_drop": {"max": 0.001}},
+    "int8": {"nonfinite": {"max": 0}, "top1_agreement": {"min": 0.97}, "accuracy_drop": {"max": 0.005}},
+}
+
+
+def load_gates(path: Path | None) -> dict[str, dict[str, dict[str, float]]]:
+    gates = copy.deepcopy(DEFAULT_GATES)
+    if path is None:
+        return gates
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such gates file")
+    try:
+        overrides = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(overrides, dict):
+        raise InputError(f"{path}: expected an object keyed by precision (fp32, fp16, int8)")
+    for precision, metrics in overrides.items():
+        if precision not in gates or not isinstance(metrics, dict):
+            raise InputError(f"{path}: unknown precision {precision!r}; use fp32, fp16 or int8")
+        for metric, bound in metrics.items():
+            if not isinstance(bound, dict) or not set(bound) <= {"min", "max"} or not bound:
+                raise InputError(f"{path}: {precision}.{metric} must be {{\"min\": x}} and/or {{\"max\": y}}")
+            gates[precision][metric] = {k: float(v) for k, v in bound.items()}
+    return gates
+
+
+def evaluate(metrics: dict[str, Any], gates: dict[str, dict[str, float]]) -> dict[str, dict[str, Any]]:
+    """Each gate: the bound, the value, passed (None when the metric does not apply, e.g. no labels)."""
+    results = {}
+    for metric, bound in gates.items():
+        value = metrics.get(metric)
+        if value is None:
+            results[metric] = {**bound, "value": None, "passed": None}
+            continue
+        passed = ("min" not in bound or value >= bound["min"]) and ("max" not in bound or value <= bound["max"])
+        results[metric] = {**bound, "value": value, "passed": bool(passed)}
+    return results

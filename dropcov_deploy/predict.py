@@ -1,0 +1,63 @@
+"""`predict`: the edge runtime. Load an ONNX model or engine, preprocess as its manifest says, run.
+
+This path imports neither torch nor the training code (numpy, Pillow, ONNX Runtime or
+TensorRT only), so it runs on a board that has only the runtime installed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dropcov_deploy.backends import open_runner
+from dropcov_deploy.data.images import load_image, preprocess
+from dropcov_deploy.data.preprocessing import Preprocessing
+from dropcov_deploy.errors import InputError
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def predict(artifact: str | Path, images: list[str | Path], top_k: int = 5, device: str = "cpu") -> list[dict[str, Any]]:
+    """Top-k classes (names from the manifest) for each image."""
+    from dropcov_deploy.manifest import artifact_manifest
+
+    artifact = Path(artifact)
+    if not artifact.exists():
+        raise InputError(f"{artifact}: no such file")
+    if not images:
+        raise InputError("name at least one image")
+    manifest = artifact_manifest(artifact)
+    if "preprocessing" not in manifest:
+        raise InputError(f"{artifact}: its manifest records no preprocessing")
+    prep = Preprocessing.from_dict(manifest["preprocessing"])
+    names = manifest.get("class_names")
+    paths = [Path(p) for p in images]
+    for path in paths:
+        if not path.exists():
+            raise InputError(f"{path}: no such image")
+    batch = np.stack([preprocess(load_image(p), prep) for p in paths]).astype(np.float32)
+    limits = manifest.get("input", {}).get("batch", {})
+    runner = open_runner(artifact, device)
+    if limits and not limits.get("dynamic", True):
+        fixed = int(limits["max"])
+        chunks = [np.concatenate([batch[i : i + fixed], np.repeat(batch[-1:], max(0, fixed - len(batch[i : i + fixed])), 0)])
+                  for i in range(0, len(batch), fixed)]
+        logits = np.concatenate([runner(c) for c in chunks])[: len(batch)]
+    else:
+        logits = runner(batch)
+    probabilities = softmax(logits.astype(np.float64))
+    k = min(top_k, probabilities.shape[1])
+    results = []
+    for path, row in zip(paths, probabilities):
+        order = np.argsort(-row)[:k]
+        results.append({
+            "image": str(path),
+            "top": [{"class": int(i), "name": names[i] if names else str(int(i)), "probability": float(row[i])} for i in order],
+        })
+    return results

@@ -1,0 +1,256 @@
+"""`verify`: one parity chain from PyTorch to every artifact, with gates for CI.
+
+Every artifact runs on the same inputs as the PyTorch model (eval, FP32). Each one is
+compared with PyTorch, and each reduced-precision artifact also with the FP32 ONNX
+(and an engine with the precision ONNX it was built from), so a drift is attributed
+to a step: export, precision, or engine. `locate` compares intermediate tensors to
+name the first stage that diverges.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dropcov_deploy import gates as gate_rules
+from dropcov_deploy import manifest as manifests
+from dropcov_deploy import onnx_graph
+from dropcov_deploy.backends import artifact_kind, open_runner
+from dropcov_deploy.errors import InputError
+from dropcov_deploy.export import StepReporter, _quiet_step
+from dropcov_deploy.metrics import compare
+
+STAGES = ("backbone", "reduced", "covariance", "logits")
+STAGE_GROUP = {"backbone": "backbone", "reduced": "covariance", "covariance": "covariance", "logits": "fc"}
+# a stage "diverges" when its relative error passes this (per precision)
+LOCATE_TOLERANCE = {"fp32": 1e-4, "fp16": 5e-3, "int8": 5e-2}
+
+
+@dataclass
+class ArtifactResult:
+    path: Path
+    backend: str
+    precision: str
+    metrics: dict[str, Any]
+    gates: dict[str, dict[str, Any]]
+    passed: bool
+    chain: dict[str, dict[str, Any]] = field(default_factory=dict)
+    locate: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {"path": str(self.path), "backend": self.backend, "precision": self.precision, "metrics": self.metrics,
+                "gates": self.gates, "passed": self.passed, "chain": self.chain}
+        if self.locate is not None:
+            data["locate"] = self.locate
+        return data
+
+
+@dataclass
+class VerifyReport:
+    samples: int
+    reference: dict[str, Any]
+    artifacts: list[ArtifactResult]
+    seconds: float
+
+    @property
+    def passed(self) -> bool:
+        return all(a.passed for a in self.artifacts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"samples": self.samples, "reference": self.reference, "artifacts": [a.to_dict() for a in self.artifacts],
+                "passed": self.passed, "seconds": self.seconds}
+
+
+def _inputs(data: Path | None, random: int | None, info, image_size: int) -> tuple[np.ndarray, np.ndarray | None, str]:
+    from dropcov_deploy.data.images import list_images, load_batch
+
+    if (data is None) == (random is None):
+        raise InputError("give exactly one of --data DIR or --random N")
+    if random is not None:
+        if random < 1:
+            raise InputError(f"--random {random}: need at least one input")
+        rng = np.random.default_rng(0)
+        return rng.standard_normal((random, 3, image_size, image_size), dtype=np.float32), None, f"{random} seeded random inputs"
+    images = list_images(data)
+    batch = load_batch(images.paths, info.resolved_preprocessing())
+    labels = np.asarray(images.labels) if images.labels is not None else None
+    if labels is not None and images.class_names and info.class_names and images.class_names != info.class_names:
+        raise InputError(f"{data}: class folders {images.class_names[:5]}... do not match the model's classes {info.class_names[:5]}...")
+    return batch, labels, f"{len(batch)} images from {data}" + (" (labelled)" if labels is not None else "")
+
+
+def _run(runner, batch: np.ndarray, batch_size: int) -> np.ndarray:
+    return np.concatenate([runner(batch[i : i + batch_size]) for i in range(0, len(batch), batch_size)])
+
+
+def _check_fits(path: Path, manifest: dict[str, Any], image_size: int, batch_size: int) -> None:
+    shape = manifest.get("input", {}).get("shape")
+    if shape and list(shape[2:]) != [image_size, image_size]:
+        raise InputError(f"{path}: takes {shape[2]}x{shape[3]} inputs, the checkpoint's preprocessing gives {image_size}x{image_size}")
+    limits = manifest.get("input", {}).get("batch", {})
+    if limits and not limits.get("dynamic", True) and batch_size != limits.get("max"):
+        raise InputError(f"{path}: fixed batch {limits.get('max')}; run verify with --batch-size {limits.get('max')}")
+
+
+def verify(
+    checkpoint: str | Path,
+    artifacts: list[str | Path],
+    *,
+    data: Path | None = None,
+    random: int | None = None,
+    batch_size: int = 32,
+    gates_file: Path | None = None,
+    locate: bool = False,
+    device: str = "cpu",
+    step: StepReporter = _quiet_step,
+) -> VerifyReport:
+    """Run PyTorch and every artifact on the same inputs; metrics, chain attribution and gates."""
+    import torch
+
+    from dropcov_deploy.models import load_checkpoint_with_info
+
+    started = time.perf_counter()
+    if not artifacts:
+        raise InputError("name at least one artifact to verify")
+    if batch_size < 1:
+        raise InputError(f"--batch-size {batch_size}: must be positive")
+    gates = gate_rules.load_gates(gates_file)
+    paths = [Path(a) for a in artifacts]
+    for path in paths:
+        if not path.exists():
+            raise InputError(f"{path}: no such file")
+        artifact_kind(path)
+    manifests_by_path = {path: manifests.artifact_manifest(path) for path in paths}
+
+    with step(f"loading {checkpoint}"):
+        loaded = load_checkpoint_with_info(checkpoint)
+    image_size = loaded.info.resolved_preprocessing().crop
+    for path, manifest in manifests_by_path.items():
+        _check_fits(path, manifest, image_size, batch_size)
+    batch, labels, described = _inputs(data, random, loaded.info, image_size)
+
+    with step(f"PyTorch reference on {described}"), torch.no_grad():
+        reference = np.concatenate([loaded.model(torch.from_numpy(batch[i : i + batch_size])).numpy() for i in range(0, len(batch), batch_size)])
+    reference_summary: dict[str, Any] = {"backend": "torch", "precision": "fp32", "checkpoint": str(checkpoint), "arch": loaded.info.arch,
+                                         "inputs": described}
+    if labels is not None:
+        reference_summary["accuracy"] = float((reference.argmax(1) == labels).mean())
+
+    outputs: dict[Path, np.ndarray] = {}
+    for path in paths:
+        with step(f"running {path.name}"):
+            outputs[path] = _run(open_runner(path, device), batch, batch_size)
+
+    fp32_onnx = next((p for p in paths if artifact_kind(p) == "onnx" and manifests_by_path[p].get("precision", "fp32") == "fp32"), None)
+    by_sha = {manifests_by_path[p].get("sha256"): p for p in paths if artifact_kind(p) == "onnx"}
+    results = []
+    for path in paths:
+        manifest = manifests_by_path[path]
+        precision = manifest.get("precision", "fp32")
+        kind = artifact_kind(path)
+        metrics = compare(outputs[path], reference, labels)
+        chain = {"export" if precision == "fp32" and kind == "onnx" else "vs_torch": _brief(metrics)}
+        if precision != "fp32" and fp32_onnx is not None:
+            chain["precision (vs FP32 ONNX)"] = _brief(compare(outputs[path], outputs[fp32_onnx], labels))
+        if kind == "tensorrt":
+            source = by_sha.get(manifest.get("onnx_sha256"))
+            if source is not None:
+                chain["engine (vs its precision ONNX)"] = _brief(compare(outputs[path], outputs[source], labels))
+        evaluated = gate_rules.evaluate(metrics, gates.get(precision, gates["fp32"]))
+        passed = all(g["passed"] is not False for g in evaluated.values())
+        result = ArtifactResult(path, "tensorrt" if kind == "tensorrt" else f"onnxruntime-{device}", precision, metrics, evaluated, passed, chain)
+        if locate and not passed:
+            with step(f"locating the first diverging stage of {path.name}"):
+                result.locate = locate_divergence(loaded.model, path, batch[: min(len(batch), 16)], precision)
+        results.append(result)
+    return VerifyReport(samples=len(batch), reference=reference_summary, artifacts=results, seconds=time.perf_counter() - started)
+
+
+def _brief(metrics: dict[str, Any]) -> dict[str, Any]:
+    keys = ("relative_error", "cosine_min", "top1_agreement", "accuracy_drop", "nonfinite")
+    return {k: metrics[k] for k in keys if metrics.get(k) is not None}
+
+
+# ------------------------------------------------------------------ locate
+def _float_source(model, tensor: str) -> str:
+    """Walk back through Q/DQ and Cast to the tensor a precision graph computed in float."""
+    made_by = onnx_graph.producers(model)
+    while tensor in made_by and made_by[tensor].op_type in ("DequantizeLinear", "QuantizeLinear", "Cast"):
+        tensor = made_by[tensor].input[0]
+    return tensor
+
+
+def stage_tensors(model) -> dict[str, str]:
+    """The ONNX tensor names of the stages: backbone output, reduced map, covariance, logits."""
+    onnx_graph.ensure_node_names(model)
+    block = set(onnx_graph.covariance_block(model))
+    made_by = onnx_graph.producers(model)
+    nodes = [n for n in model.graph.node if n.name in block]
+    reduced = next(
+        _float_source(model, t) for n in nodes for t in n.input
+        if t in made_by and made_by[t].name not in block and made_by[_float_source(model, t)].op_type == "Relu"
+    )
+    reduce_conv = made_by[made_by[reduced].input[0]]
+    backbone = _float_source(model, reduce_conv.input[0])
+    covariance = next(n.output[0] for n in nodes if n.op_type == "MatMul")
+    return {"backbone": backbone, "reduced": reduced, "covariance": covariance, "logits": model.graph.output[0].name}
+
+
+def _onnx_stages(path: Path, batch: np.ndarray) -> dict[str, np.ndarray]:
+    import tempfile
+
+    import onnx
+
+    model = onnx_graph.load(path)
+    names = stage_tensors(model)
+    inferred = onnx.shape_inference.infer_shapes(model)
+    infos = {v.name: v for v in inferred.graph.value_info}
+    existing = {o.name for o in model.graph.output}
+    for tensor in names.values():
+        if tensor not in existing:
+            model.graph.output.append(infos[tensor] if tensor in infos else onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None))
+    with tempfile.TemporaryDirectory(prefix="dropcov-locate-") as tmp:
+        probe = Path(tmp) / "probe.onnx"
+        onnx_graph.save(model, probe)
+        from dropcov_deploy.backends.onnxruntime import OnnxRuntimeRunner
+
+        runner = OnnxRuntimeRunner(probe)
+        values = runner.infer({runner.input_names[0]: batch})
+    return {stage: np.asarray(values[tensor], dtype=np.float64) for stage, tensor in names.items()}
+
+
+def _torch_stages(model, batch: np.ndarray) -> dict[str, np.ndarray]:
+    import torch
+
+    with torch.no_grad():
+        x = torch.from_numpy(batch)
+        backbone = model.forward_backbone(x)
+        reduced = model.forward_reduce(backbone)
+        covariance = model.cov(reduced)
+        logits = model.fc(model.triu(covariance))
+    return {"backbone": backbone.double().numpy(), "reduced": reduced.double().numpy(),
+            "covariance": covariance.double().numpy(), "logits": logits.double().numpy()}
+
+
+def locate_divergence(model, path: Path, batch: np.ndarray, precision: str) -> dict[str, Any]:
+    """Relative error per stage against PyTorch, and the first stage past the tolerance."""
+    from dropcov_deploy.metrics import relative_error
+
+    if artifact_kind(path) != "onnx":
+        return {"supported": False, "why": "intermediate tensors are read from ONNX artifacts only; verify the engine's precision ONNX"}
+    expected = _torch_stages(model, batch)
+    actual = _onnx_stages(path, batch)
+    tolerance = LOCATE_TOLERANCE.get(precision, 1e-4)
+    errors = {stage: relative_error(actual[stage].reshape(expected[stage].shape), expected[stage]) for stage in STAGES}
+    first = next((stage for stage in STAGES if errors[stage] > tolerance), None)
+    return {
+        "supported": True,
+        "tolerance": tolerance,
+        "relative_error": errors,
+        "first_diverging_tensor": first,
+        "stage": STAGE_GROUP.get(first) if first else None,
+    }
