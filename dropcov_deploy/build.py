@@ -25,7 +25,7 @@ from dropcov_deploy import manifest as manifests
 from dropcov_deploy import onnx_graph
 from dropcov_deploy.atomic import check_writable, staged
 from dropcov_deploy.errors import BackendUnavailable, InputError
-from dropcov_deploy.export import StepReporter, _quiet_step
+from dropcov_deploy.steps import StepReporter, quiet_step
 
 PRECISIONS = ("fp32", "fp16", "int8")
 BACKENDS = ("onnxruntime", "tensorrt")
@@ -216,7 +216,7 @@ def precision_check(precision_onnx: Path, model: Path, calibration) -> dict[str,
 
 
 # ------------------------------------------------------------------ the build
-def build(model: str | Path, options: BuildOptions, step: StepReporter = _quiet_step) -> BuildResult:
+def build(model: str | Path, options: BuildOptions, step: StepReporter = quiet_step) -> BuildResult:
     """Build a precision ONNX and the backend's artifact from an exported FP32 ONNX."""
     from dropcov_deploy.precision.calibration import load_calibration
 

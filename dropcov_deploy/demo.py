@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
-from dropcov_deploy.export import StepReporter, _quiet_step
+from dropcov_deploy.steps import StepReporter, quiet_step
 
 DEMO_ARCH = "resnet10_compact_ACD"
 DEMO_EPOCHS = 10
@@ -80,7 +79,7 @@ def build_artifacts(onnx_path: Path, calibration: Path, step: StepReporter) -> t
     return artifacts, note
 
 
-def run_demo(out: Path, epochs: int = DEMO_EPOCHS, step: StepReporter = _quiet_step, show_progress: bool = True) -> DemoResult:
+def run_demo(out: Path, epochs: int = DEMO_EPOCHS, step: StepReporter = quiet_step, show_progress: bool = True) -> DemoResult:
     from dropcov_deploy.export import export_onnx
     from dropcov_deploy.reports import plot_training
     from dropcov_deploy.train import TrainConfig, train

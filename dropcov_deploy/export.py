@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import time
 import warnings
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -22,6 +22,7 @@ from dropcov_deploy import onnx_graph
 from dropcov_deploy.atomic import check_writable, staged
 from dropcov_deploy.errors import InputError
 from dropcov_deploy.metrics import relative_error
+from dropcov_deploy.steps import StepReporter, quiet_step
 
 DEFAULT_OPSET = 18
 SUPPORTED_OPSETS = range(17, 24)
@@ -32,7 +33,6 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 FORBIDDEN_OPS = ("NonZero", "Trilu", "PythonOp", "ATen", "GatherND", "Dropout", "Softmax")
 
-StepReporter = Callable[[str], ContextManager[Any]]
 
 
 @dataclass
@@ -72,10 +72,6 @@ def parse_batch(batch: str | int) -> int | None:
     if str(batch).lower() == "dynamic":
         return None
     raise InputError(f"--batch must be 'dynamic' or a positive integer, got {batch!r}")
-
-
-def _quiet_step(_: str) -> ContextManager[Any]:
-    return nullcontext()
 
 
 @contextmanager
@@ -159,10 +155,6 @@ def check_parity(model, onnx_path: Path, image_size: int, batch_sizes: list[int]
 
 
 def build_manifest(info, *, image_size: int, opset: int, batch: int | None, onnx_path: Path) -> dict[str, Any]:
-    import onnx
-    import onnxruntime
-    import torch
-
     spatial = [image_size, image_size]
     batch_dim: Any = "batch" if batch is None else batch
     return {
@@ -215,7 +207,7 @@ def export_onnx(
     batch: str | int = "dynamic",
     check: bool = True,
     tolerance: float = PARITY_TOLERANCE,
-    step: StepReporter = _quiet_step,
+    step: StepReporter = quiet_step,
 ) -> ExportResult:
     """Export a checkpoint's eval-mode model to ONNX with a manifest beside it."""
     from dropcov_deploy.models import load_checkpoint_with_info

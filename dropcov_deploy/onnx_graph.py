@@ -113,11 +113,11 @@ def fold_constant_reshapes(model) -> int:
         folded += 1
         if consumers[node.input[0]] == 1:  # the original initializer fed only this Reshape
             graph.initializer.remove(initializers[node.input[0]])
-    _drop_unused_initializers(model)
+    drop_unused_initializers(model)
     return folded
 
 
-def _drop_unused_initializers(model) -> None:
+def drop_unused_initializers(model) -> None:
     used = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
     for tensor in list(model.graph.initializer):
         if tensor.name not in used:
@@ -166,12 +166,14 @@ def io_shapes(model) -> dict[str, list[dict[str, Any]]]:
 
 def describe(model) -> dict[str, Any]:
     """Op counts, parameter bytes and I/O of a loaded model."""
+    import numpy as np
+
     return {
         "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None),
         "nodes": len(model.graph.node),
         "op_counts": op_counts(model),
         "parameter_bytes": _initializer_bytes(model),
-        "parameters": sum(int(__import__("numpy").prod(t.dims)) if t.dims else 1 for t in model.graph.initializer),
+        "parameters": sum(int(np.prod(t.dims)) if t.dims else 1 for t in model.graph.initializer),
         **io_shapes(model),
     }
 

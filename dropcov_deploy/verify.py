@@ -21,7 +21,7 @@ from dropcov_deploy import manifest as manifests
 from dropcov_deploy import onnx_graph
 from dropcov_deploy.backends import artifact_kind, open_runner
 from dropcov_deploy.errors import InputError
-from dropcov_deploy.export import StepReporter, _quiet_step
+from dropcov_deploy.steps import StepReporter, quiet_step
 from dropcov_deploy.metrics import compare
 
 STAGES = ("backbone", "reduced", "covariance", "logits")
@@ -106,7 +106,7 @@ def verify(
     gates_file: Path | None = None,
     locate: bool = False,
     device: str = "cpu",
-    step: StepReporter = _quiet_step,
+    step: StepReporter = quiet_step,
 ) -> VerifyReport:
     """Run PyTorch and every artifact on the same inputs; metrics, chain attribution and gates."""
     import torch

@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from cli_helpers import assert_one_line_error, run_cli
 
 

@@ -53,7 +53,6 @@ def test_other_image_sizes(authors_checkpoint, tmp_path, size):
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """One small export shared by the graph-rule and manifest tests."""
-    import sys
 
     from reference import authors_state_dict
 

@@ -197,7 +197,7 @@ def _float_weights(model, fc, source_fc, source_initializers) -> None:
         name = f"{source_fc.input[position]}_float"
         model.graph.initializer.append(numpy_helper.from_array(original.astype(dtype), name=name))
         fc.input[position] = name
-    onnx_graph._drop_unused_initializers(model)
+    onnx_graph.drop_unused_initializers(model)
     _drop_dead_nodes(model)
 
 
@@ -211,7 +211,7 @@ def _drop_dead_nodes(model) -> None:
             if not any(out in used for out in node.output):
                 model.graph.node.remove(node)
                 changed = True
-    onnx_graph._drop_unused_initializers(model)
+    onnx_graph.drop_unused_initializers(model)
 
 
 def unquantize_block_inputs(model, block: list[str]) -> int:
@@ -332,8 +332,11 @@ def fc_treatment(model) -> str:
     """Which treatment the fc in `model` has, read back from the graph."""
     made_by = onnx_graph.producers(model)
     fc = onnx_graph.fc_node(model)
-    weight_dq = (made_by.get(fc.input[1]) or None) is not None and made_by[fc.input[1]].op_type == "DequantizeLinear"
-    input_dq = (made_by.get(fc.input[0]) or None) is not None and made_by[fc.input[0]].op_type == "DequantizeLinear"
+
+    def dequantized(tensor: str) -> bool:
+        return tensor in made_by and made_by[tensor].op_type == "DequantizeLinear"
+
+    weight_dq, input_dq = dequantized(fc.input[1]), dequantized(fc.input[0])
     if weight_dq and input_dq:
         return "int8"
     return "weight-only" if weight_dq else "float"

@@ -1,0 +1,17 @@
+"""How library functions report long steps without depending on a UI.
+
+A step reporter is a callable taking a description and returning a context manager;
+the CLI passes `console.step` (spinner, then a tick with the time), library users get
+`quiet_step` by default.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any, Callable, ContextManager
+
+StepReporter = Callable[[str], ContextManager[Any]]
+
+
+def quiet_step(_: str) -> ContextManager[Any]:
+    return nullcontext()
