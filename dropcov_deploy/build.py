@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -302,7 +303,7 @@ def build(model: str | Path, options: BuildOptions, step: StepReporter = quiet_s
     result = BuildResult(precision_onnx=out, manifest=manifest, cached=cached,
                          ort_optimized=out.with_name(ort_optimized.name) if ort_optimized else None)
     if options.backend == "tensorrt":
-        result.engine, result.engine_manifest = _tensorrt_engine(out, options, profile, source_sha, calibration, step)
+        result.engine, result.engine_manifest = _tensorrt_engine(out, options, profile, manifest, calibration, step)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -318,7 +319,15 @@ def write_ort_optimized(path: Path, destination: Path) -> None:
     ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _tensorrt_engine(precision_onnx: Path, options: BuildOptions, profile, source_sha: str, calibration, step: StepReporter):
+def _engine_model_fields(manifest: dict[str, Any], profile) -> dict[str, Any]:
+    """What the engine's manifest carries over from its precision ONNX: the model and its I/O."""
+    fields = {k: manifest[k] for k in ("arch", "dim", "num_classes", "class_names", "preprocessing", "output", "source", "target")
+              if k in manifest}
+    fields["input"] = {**manifest["input"], "batch": {"dynamic": profile.min != profile.max, "min": profile.min, "max": profile.max}}
+    return fields
+
+
+def _tensorrt_engine(precision_onnx: Path, options: BuildOptions, profile, manifest: dict[str, Any], calibration, step: StepReporter):
     from dropcov_deploy.backends import tensorrt as trt_backend
 
     available, reason = trt_backend.tensorrt_status()
@@ -333,5 +342,7 @@ def _tensorrt_engine(precision_onnx: Path, options: BuildOptions, profile, sourc
             precision_onnx, plan, precision=options.precision, profile=profile, workspace_gib=options.workspace_gib,
             timing_cache=options.timing_cache, onnx_sha256=manifests.sha256_file(precision_onnx),
             calibration_sha256=calibration.sha256 if calibration else None,
+            log=lambda message: print(message, file=sys.stderr),
+            model_fields=_engine_model_fields(manifest, profile),
         )
     return plan, engine_manifest

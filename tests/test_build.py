@@ -185,3 +185,17 @@ def test_build_cli_errors(tmp_path, authors_checkpoint):
     del stripped.metadata_props[:]
     onnx.save(stripped, str(not_ours))
     assert_one_line_error(run_cli("build", not_ours, "--precision", "fp32"), 2, str(not_ours), "no dropcov-deploy manifest")
+
+
+def test_engine_manifest_carries_the_model_fields_verify_and_predict_need():
+    from dropcov_deploy.backends.tensorrt import BatchProfile
+    from dropcov_deploy.build import _engine_model_fields
+
+    manifest = {"arch": "resnet10_compact_ACD", "dim": 32, "num_classes": 10, "class_names": list("0123456789"),
+                "preprocessing": {"resize": 32, "crop": 32}, "output": {"name": "logits"}, "sha256": "x",
+                "input": {"name": "input", "shape": ["batch", 3, 32, 32], "batch": {"dynamic": True, "min": 1, "max": 4096}}}
+    fields = _engine_model_fields(manifest, BatchProfile.parse("1:8:32"))
+    assert fields["input"]["batch"] == {"dynamic": True, "min": 1, "max": 32}
+    assert fields["input"]["shape"] == ["batch", 3, 32, 32] and fields["class_names"] == list("0123456789")
+    assert "sha256" not in fields  # the engine's own hashes are its own
+    assert _engine_model_fields(manifest, BatchProfile.parse("4"))["input"]["batch"] == {"dynamic": False, "min": 4, "max": 4}

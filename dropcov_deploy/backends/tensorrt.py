@@ -398,8 +398,12 @@ def build_engine(
     onnx_sha256: str,
     calibration_sha256: str | None,
     log: Log = print,
+    model_fields: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Build, verify and save a TensorRT plan and its sidecar manifest; returns the manifest.
+
+    `model_fields` (architecture, classes, input, preprocessing, ...) from the precision
+    ONNX's manifest are copied in, so verify, bench and predict can use the engine alone.
 
     The plan bytes are saved untouched (trtexec can load them); metadata goes to
     `<plan>.json`. Both are published together only after the engine was deserialized
@@ -483,6 +487,7 @@ def build_engine(
             "created": manifests.now_utc(),
             "versions": {**manifests.library_versions(), "tensorrt": str(trt.__version__)},
         }
+        manifest.update({key: value for key, value in (model_fields or {}).items() if key not in manifest})
         del inspector, engine, runtime
         manifests.write_manifest(stage / manifests.sidecar_path(plan_path).name, manifest)
     counts = ", ".join(f"{k} {v}" for k, v in layers["precisions"].items())
