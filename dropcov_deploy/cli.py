@@ -316,7 +316,7 @@ def predict_command(
 
 @app.command("inspect")
 def inspect_command(
-    artifact: Path = typer.Argument(..., help="A checkpoint (.pth/.pth.tar/.pt) or an ONNX model."),
+    artifact: Path = typer.Argument(..., help="A checkpoint (.pth/.pth.tar/.pt), an ONNX model or a TensorRT plan."),
     arch: Optional[str] = typer.Option(None, "--arch", help="Architecture, when the checkpoint does not say."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:

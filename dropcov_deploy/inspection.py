@@ -52,16 +52,28 @@ def describe_onnx(path: Path) -> dict[str, Any]:
     }
 
 
-def _looks_like_onnx(path: Path) -> bool:
-    return path.suffix.lower() == ".onnx"
+def describe_engine(path: Path) -> dict[str, Any]:
+    """A TensorRT plan is opaque without TensorRT: its sidecar manifest says what it is."""
+    from dropcov_deploy import manifest as manifests
+
+    manifest = manifests.read_manifest(path)
+    if manifest is None:
+        raise InputError(f"{path}: no manifest beside it ({manifests.sidecar_path(path).name}); build engines with `dropcov-deploy build`")
+    keys = ("precision", "tensorrt_version", "gpu_name", "compute_capability", "cuda_runtime_version", "profile", "layers", "io",
+            "onnx", "onnx_sha256", "calibration_sha256", "plan_sha256", "arch", "num_classes", "created")
+    return {"kind": "tensorrt-engine", "path": str(path), "bytes": path.stat().st_size, **{k: manifest.get(k) for k in keys}}
 
 
 def describe(path: str | Path, arch: str | None = None) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file")
-    if _looks_like_onnx(path):
+    from dropcov_deploy.backends import ENGINE_SUFFIXES
+
+    if path.suffix.lower() == ".onnx":
         return describe_onnx(path)
+    if path.suffix.lower() in ENGINE_SUFFIXES:
+        return describe_engine(path)
     return describe_checkpoint(path, arch)
 
 

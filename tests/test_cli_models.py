@@ -59,3 +59,9 @@ def test_console_script_is_installed():
         pytest.skip(f"no console script beside {sys.executable} (package not pip-installed here)")
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "inspect" in result.stdout
+
+
+def test_inspect_plan_without_manifest_is_refused(tmp_path):
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(b"\x00" * 64)  # bad input, not an engine: the error must come before any TensorRT use
+    assert_one_line_error(run_cli("inspect", plan), 2, str(plan), "no manifest beside it")
