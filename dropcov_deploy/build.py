@@ -161,8 +161,15 @@ def choose_fc(candidates: dict[str, dict[str, Any]], target: str) -> tuple[str, 
     return chosen, why
 
 
-def _int8_graph(model: Path, calibration, options: BuildOptions, step: StepReporter, work: Path):
+def fp32_reference(model: Path, calibration) -> np.ndarray:
+    """The FP32 ONNX's logits on the calibration set: what every precision graph is scored against."""
     from dropcov_deploy.backends.onnxruntime import OnnxRuntimeRunner
+
+    runner = OnnxRuntimeRunner(model)
+    return np.concatenate([runner(batch) for batch in calibration.batches()])
+
+
+def _int8_graph(model: Path, calibration, reference: np.ndarray, options: BuildOptions, step: StepReporter, work: Path):
     from dropcov_deploy.precision import int8
 
     target = target_for(options.backend)
@@ -173,7 +180,6 @@ def _int8_graph(model: Path, calibration, options: BuildOptions, step: StepRepor
             quantized, pinned = int8.quantize_cpu(model, calibration, options.calib_method)
         else:
             quantized, pinned = int8.quantize_tensorrt(model, calibration, options.calib_method, options.high_precision)
-    reference = np.concatenate([OnnxRuntimeRunner(model)(batch) for batch in calibration.batches()])
     amax = int8.fc_input_amax(source, calibration)
     modes = list(int8.FC_MODES) if options.fc == "auto" else [options.fc]
     candidates: dict[str, dict[str, Any]] = {}
@@ -206,11 +212,8 @@ def _fp16_graph(model: Path, calibration, step: StepReporter):
     return proto, {"autocast": "modelopt.onnx.autocast", "covariance_block_fp32": pinned, "io": "fp32"}
 
 
-def precision_check(precision_onnx: Path, model: Path, calibration) -> dict[str, Any]:
+def precision_check(precision_onnx: Path, calibration, reference: np.ndarray) -> dict[str, Any]:
     """Agreement of the precision graph with the FP32 ONNX on the calibration images."""
-    from dropcov_deploy.backends.onnxruntime import OnnxRuntimeRunner
-
-    reference = np.concatenate([OnnxRuntimeRunner(model)(batch) for batch in calibration.batches()])
     return _measure_variant(precision_onnx, calibration, reference, None) | (
         {"reference_accuracy": float((reference.argmax(1) == calibration.labels).mean())} if calibration.labels is not None else {}
     )
@@ -238,6 +241,8 @@ def build(model: str | Path, options: BuildOptions, step: StepReporter = quiet_s
     if options.calib is not None:
         with step(f"loading calibration data {options.calib}"):
             calibration = load_calibration(options.calib, source_manifest, options.calib_size)
+
+    reference = fp32_reference(model, calibration) if calibration is not None else None
 
     cache_dir = Path(options.cache_dir) if options.cache_dir else default_cache_dir()
     key = _cache_key(source_sha, calibration.sha256 if calibration else None, options)
@@ -275,14 +280,14 @@ def build(model: str | Path, options: BuildOptions, step: StepReporter = quiet_s
             elif options.precision == "fp16":
                 proto, record = _fp16_graph(model, calibration, step)
             else:
-                proto, record = _int8_graph(model, calibration, options, step, work)
+                proto, record = _int8_graph(model, calibration, reference, options, step, work)
             shutil.rmtree(work)
             onnx_graph.set_metadata(proto, manifests.metadata_props({**manifest, "precision": options.precision}))
             onnx_graph.save(proto, staged_onnx)
         with step("checking the precision graph (onnx.checker, ONNX Runtime)"):
             onnx_graph.check(staged_onnx)
             if calibration is not None:
-                record["check"] = precision_check(staged_onnx, model, calibration)
+                record["check"] = precision_check(staged_onnx, calibration, reference)
                 if record["check"]["nonfinite"]:
                     raise InputError(f"{out}: the {options.precision} graph gives {record['check']['nonfinite']} non-finite values on the calibration images")
         manifest["precision_details"] = record

@@ -54,15 +54,7 @@ def calibration_folder(out: Path) -> Path:
     return folder
 
 
-@dataclass
-class Artifact:
-    name: str
-    path: Path
-    backend: str
-    precision: str
-
-
-def build_artifacts(onnx_path: Path, calibration: Path, step: StepReporter) -> tuple[list[Artifact], str]:
+def build_artifacts(onnx_path: Path, calibration: Path, step: StepReporter) -> tuple[list[Path], str]:
     """FP16 and INT8 for the backend this machine has: TensorRT engines on a GPU, else ONNX Runtime."""
     from dropcov_deploy.backends.tensorrt import tensorrt_status
     from dropcov_deploy.build import BuildOptions, build
@@ -70,12 +62,10 @@ def build_artifacts(onnx_path: Path, calibration: Path, step: StepReporter) -> t
     available, reason = tensorrt_status()
     backend = "tensorrt" if available else "onnxruntime"
     note = f"TensorRT: {reason}" if available else f"ONNX Runtime on the CPU (no TensorRT engine: {reason})"
-    artifacts = [Artifact("ONNX FP32", onnx_path, "onnxruntime-cpu", "fp32")]
+    artifacts = [onnx_path]
     for precision in ("fp16", "int8"):
         result = build(onnx_path, BuildOptions(precision=precision, calib=calibration, backend=backend), step=step)
-        artifacts.append(Artifact(f"ONNX {precision.upper()} ({result.manifest['target']} target)", result.precision_onnx, "onnxruntime-cpu", precision))
-        if result.engine is not None:
-            artifacts.append(Artifact(f"TensorRT {precision.upper()} engine", result.engine, "tensorrt", precision))
+        artifacts += [result.precision_onnx] + ([result.engine] if result.engine is not None else [])
     return artifacts, note
 
 
@@ -106,7 +96,7 @@ def run_demo(out: Path, epochs: int = DEMO_EPOCHS, step: StepReporter = quiet_st
     from dropcov_deploy.verify import verify
 
     started = time.perf_counter()
-    paths = [a.path for a in artifacts]
+    paths = artifacts
     verified = verify(trained.best_path, paths, data=calibration, step=step).to_dict()
     write_json(out / "verify.json", verified)
     seconds["verify"] = time.perf_counter() - started

@@ -8,7 +8,6 @@ when the inputs are labelled. A gates file is JSON:
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +27,9 @@ def load_gates(path: Path | None) -> dict[str, dict[str, dict[str, float]]]:
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such gates file")
-    try:
-        overrides = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(overrides, dict):
-        raise InputError(f"{path}: expected an object keyed by precision (fp32, fp16, int8)")
+    from dropcov_deploy.manifest import read_json_object
+
+    overrides = read_json_object(path, "gates file (an object keyed by precision: fp32, fp16, int8)")
     for precision, metrics in overrides.items():
         if precision not in gates or not isinstance(metrics, dict):
             raise InputError(f"{path}: unknown precision {precision!r}; use fp32, fp16 or int8")

@@ -86,18 +86,23 @@ def manifest_from_metadata(props: dict[str, str]) -> dict[str, Any]:
     return out
 
 
+def read_json_object(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object from `path`, or one InputError line naming the file and the problem."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not a valid {what} (bad JSON: {exc})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: not a valid {what} (expected a JSON object)")
+    return data
+
+
 def read_manifest(artifact: Path) -> dict[str, Any] | None:
     """The sidecar manifest of `artifact`, or None when there is none."""
     sidecar = sidecar_path(Path(artifact))
     if not sidecar.exists():
         return None
-    try:
-        data = json.loads(sidecar.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{sidecar}: not a valid manifest (bad JSON: {exc.msg if hasattr(exc, 'msg') else exc})") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{sidecar}: not a valid manifest (expected a JSON object)")
-    return data
+    return read_json_object(sidecar, "manifest")
 
 
 def artifact_manifest(path: Path) -> dict[str, Any]:
