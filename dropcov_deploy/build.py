@@ -16,7 +16,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,6 @@ class BuildResult:
     engine_manifest: dict[str, Any] | None = None
     cached: bool = False
     seconds: float = 0.0
-    files: list[Path] = field(default_factory=list)
 
 
 def default_cache_dir() -> Path:
@@ -161,15 +160,7 @@ def choose_fc(candidates: dict[str, dict[str, Any]], target: str) -> tuple[str, 
     return chosen, why
 
 
-def fp32_reference(model: Path, calibration) -> np.ndarray:
-    """The FP32 ONNX's logits on the calibration set: what every precision graph is scored against."""
-    from dropcov_deploy.backends.onnxruntime import OnnxRuntimeRunner
-
-    runner = OnnxRuntimeRunner(model)
-    return np.concatenate([runner(batch) for batch in calibration.batches()])
-
-
-def _int8_graph(model: Path, calibration, reference: np.ndarray, options: BuildOptions, step: StepReporter, work: Path):
+def _int8_graph(model: Path, calibration, reference: np.ndarray, fc_amax: float, options: BuildOptions, step: StepReporter, work: Path):
     from dropcov_deploy.precision import int8
 
     target = target_for(options.backend)
@@ -180,13 +171,12 @@ def _int8_graph(model: Path, calibration, reference: np.ndarray, options: BuildO
             quantized, pinned = int8.quantize_cpu(model, calibration, options.calib_method)
         else:
             quantized, pinned = int8.quantize_tensorrt(model, calibration, options.calib_method, options.high_precision)
-    amax = int8.fc_input_amax(source, calibration)
     modes = list(int8.FC_MODES) if options.fc == "auto" else [options.fc]
     candidates: dict[str, dict[str, Any]] = {}
     variants = {}
     with step(f"measuring fc treatments ({', '.join(modes)})"):
         for mode in modes:
-            variant = int8.fc_variant(quantized, source, mode, amax)
+            variant = int8.fc_variant(quantized, source, mode, fc_amax)
             path = work / f"fc-{mode}.onnx"
             onnx_graph.save(variant, path)
             candidates[mode] = _measure_variant(path, calibration, reference, calibration.data[:1] if target == "cpu" else None)
@@ -242,7 +232,11 @@ def build(model: str | Path, options: BuildOptions, step: StepReporter = quiet_s
         with step(f"loading calibration data {options.calib}"):
             calibration = load_calibration(options.calib, source_manifest, options.calib_size)
 
-    reference = fp32_reference(model, calibration) if calibration is not None else None
+    reference, fc_amax = None, 0.0
+    if calibration is not None:
+        from dropcov_deploy.precision.int8 import fp32_pass
+
+        reference, fc_amax = fp32_pass(model, calibration)
 
     cache_dir = Path(options.cache_dir) if options.cache_dir else default_cache_dir()
     key = _cache_key(source_sha, calibration.sha256 if calibration else None, options)
@@ -280,7 +274,7 @@ def build(model: str | Path, options: BuildOptions, step: StepReporter = quiet_s
             elif options.precision == "fp16":
                 proto, record = _fp16_graph(model, calibration, step)
             else:
-                proto, record = _int8_graph(model, calibration, reference, options, step, work)
+                proto, record = _int8_graph(model, calibration, reference, fc_amax, options, step, work)
             shutil.rmtree(work)
             onnx_graph.set_metadata(proto, manifests.metadata_props({**manifest, "precision": options.precision}))
             onnx_graph.save(proto, staged_onnx)

@@ -24,6 +24,13 @@ app = typer.Typer(
 )
 
 
+def _print_json(data: object) -> None:
+    """--json output: the command's result for machines, nothing else on stdout."""
+    import json
+
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"dropcov-deploy {__version__}")
@@ -46,9 +53,7 @@ def models_command(
 
     rows = architecture_rows()
     if json_out:
-        import json
-
-        typer.echo(json.dumps(rows, indent=2))
+        _print_json(rows)
     else:
         render_architecture_table(rows)
 
@@ -151,9 +156,7 @@ def export_command(
 
     result = export_onnx(checkpoint, out, arch=arch, image_size=image_size, opset=opset, batch=batch, check=check, step=step)
     if json_out:
-        import json
-
-        typer.echo(json.dumps(result.manifest, indent=2))
+        _print_json(result.manifest)
         return
     parity = result.manifest["parity"]
     verdict = (
@@ -191,9 +194,7 @@ def build_command(
     )
     result = build(model, options, step=step)
     if json_out:
-        import json
-
-        typer.echo(json.dumps(result.manifest, indent=2))
+        _print_json(result.manifest)
         return
     details = result.manifest.get("precision_details", {})
     check = details.get("check", {})
@@ -240,9 +241,7 @@ def verify_command(
     if junit:
         write_text(junit, junit_xml(data_out))
     if json_out:
-        import json
-
-        typer.echo(json.dumps(data_out, indent=2, default=str))
+        _print_json(data_out)
     else:
         render_verify(data_out)
     if not result.passed:
@@ -281,9 +280,7 @@ def bench_command(
     if plot:
         plot_bench(result, plot)
     if json_out:
-        import json
-
-        typer.echo(json.dumps(result, indent=2))
+        _print_json(result)
     else:
         render_bench(result)
 
@@ -301,9 +298,7 @@ def predict_command(
 
     results = predict(artifact, list(images), top_k=top_k, device=device)
     if json_out:
-        import json
-
-        typer.echo(json.dumps(results, indent=2))
+        _print_json(results)
         return
     from rich.markup import escape
 
@@ -325,9 +320,7 @@ def inspect_command(
 
     description = inspection.describe(artifact, arch)
     if json_out:
-        import json
-
-        typer.echo(json.dumps(description, indent=2))
+        _print_json(description)
     else:
         inspection.render(description)
 

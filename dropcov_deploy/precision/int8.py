@@ -37,12 +37,13 @@ CALIB_METHODS = ("entropy", "max", "percentile")
 COVARIANCE_OP_TYPES = ["ReduceMean", "Sub", "Mul", "MatMul", "Transpose", "Reshape", "Gather"]
 
 
-def _named_copy(onnx_path: Path, folder: Path) -> tuple[Path, list[str], str]:
+def _named_copy(onnx_path: Path, folder: Path):
+    """The model with every node named (exclusions address nodes by name), saved for the quantizers."""
     model = onnx_graph.load(onnx_path)
     onnx_graph.ensure_node_names(model)
     path = folder / "named.onnx"
     onnx_graph.save(model, path)
-    return path, onnx_graph.covariance_block(model), onnx_graph.fc_node(model).name
+    return path, model
 
 
 def stem_conv(model) -> list[str]:
@@ -57,8 +58,8 @@ def quantize_cpu(onnx_path: Path, calibration: CalibrationSet, method: str = "en
     """ONNX Runtime QDQ for its CPU kernels: per-channel symmetric INT8 weights, UINT8 activations
     (the U8S8 pair that ONNX Runtime fuses into QLinearConv on x86), returns a ModelProto."""
     with tempfile.TemporaryDirectory(prefix="dropcov-int8-cpu-") as tmp:
-        named, pinned, _ = _named_copy(onnx_path, Path(tmp))
-        stem = stem_conv(onnx_graph.load(named, load_external_data=False))
+        named, model = _named_copy(onnx_path, Path(tmp))
+        pinned, stem = onnx_graph.covariance_block(model), stem_conv(model)
         out = Path(tmp) / "int8.onnx"
         if "modelopt.onnx.quantization" in sys.modules:
             # ModelOpt patches onnxruntime.quantization's calibrators in-process for TensorRT;
@@ -113,7 +114,8 @@ def quantize_tensorrt(
     from modelopt.onnx.quantization import quantize
 
     with tempfile.TemporaryDirectory(prefix="dropcov-int8-trt-") as tmp:
-        named, pinned, _ = _named_copy(onnx_path, Path(tmp))
+        named, model = _named_copy(onnx_path, Path(tmp))
+        pinned = onnx_graph.covariance_block(model)
         out = Path(tmp) / "int8.onnx"
         with _quiet():
             quantize(
@@ -240,21 +242,26 @@ def unquantize_block_inputs(model, block: list[str]) -> int:
     return bypassed
 
 
-def fc_input_amax(source, calibration: CalibrationSet, input_name: str = "input") -> float:
-    """Largest |fc input| over the calibration set, from the FP32 graph (the triu vector)."""
+def fp32_pass(onnx_path: Path, calibration: CalibrationSet, input_name: str = "input") -> tuple[np.ndarray, float]:
+    """One pass of the FP32 graph over the calibration set: its logits (the reference every
+    precision graph is scored against) and the largest |fc input| (the triu vector's range)."""
     import onnx
 
     from dropcov_deploy.backends.onnxruntime import OnnxRuntimeRunner
 
-    probe = onnx.ModelProto()
-    probe.CopyFrom(source)
+    probe = onnx_graph.load(onnx_path)
     tensor = onnx_graph.triu_gather(probe).output[0]
     probe.graph.output.append(onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None))
-    with tempfile.TemporaryDirectory(prefix="dropcov-fc-") as tmp:
+    logits, amax = [], 0.0
+    with tempfile.TemporaryDirectory(prefix="dropcov-fp32-") as tmp:
         path = Path(tmp) / "probe.onnx"
         onnx_graph.save(probe, path)
         runner = OnnxRuntimeRunner(path)
-        return max(float(np.abs(runner.infer({input_name: batch})[tensor]).max()) for batch in calibration.batches())
+        for batch in calibration.batches():
+            outputs = runner.infer({input_name: batch})
+            logits.append(outputs[runner.output_names[0]])
+            amax = max(amax, float(np.abs(outputs[tensor]).max()))
+    return np.concatenate(logits), amax
 
 
 def _add_fc_qdq(model, fc, source_fc, source_initializers, act_amax: float | None) -> None:
