@@ -126,9 +126,14 @@ def _measure_variant(path: Path, calibration, reference: np.ndarray, latency_bat
 
     runner = OnnxRuntimeRunner(path)
     outputs = np.concatenate([runner(batch) for batch in calibration.batches()])
+    from dropcov_deploy.metrics import compare
+
+    parity = compare(outputs, reference)
     result: dict[str, Any] = {
         "top1_agreement": float((outputs.argmax(1) == reference.argmax(1)).mean()),
         "nonfinite": int((~np.isfinite(outputs)).sum()),
+        "cosine_min": parity["cosine_min"],
+        "relative_error": parity["relative_error"],
     }
     if calibration.labels is not None:
         result["accuracy"] = float((outputs.argmax(1) == calibration.labels).mean())
@@ -209,6 +214,19 @@ def precision_check(precision_onnx: Path, calibration, reference: np.ndarray) ->
     )
 
 
+def _check_sensitive_ops(model: Path, precision_onnx: Path, calibration, record: dict[str, Any], out: Path) -> None:
+    """LayerNorm / Softmax numerics against FP32 (transformers); non-finite values fail the build."""
+    from dropcov_deploy.precision.numerics import CHECK_IMAGES, sensitive_op_report
+
+    report = sensitive_op_report(model, precision_onnx, calibration.data[:CHECK_IMAGES])
+    if not report:
+        return
+    record["sensitive_ops"] = report
+    broken = [f"{op} ({r['worst_node']})" for op, r in report.items() if r["nonfinite"]]
+    if broken:
+        raise InputError(f"{out}: non-finite values inside the graph on calibration images at {', '.join(broken)}")
+
+
 # ------------------------------------------------------------------ the build
 def build(model: str | Path, options: BuildOptions, step: StepReporter = quiet_step) -> BuildResult:
     """Build a precision ONNX and the backend's artifact from an exported FP32 ONNX."""
@@ -284,6 +302,7 @@ def build(model: str | Path, options: BuildOptions, step: StepReporter = quiet_s
                 record["check"] = precision_check(staged_onnx, calibration, reference)
                 if record["check"]["nonfinite"]:
                     raise InputError(f"{out}: the {options.precision} graph gives {record['check']['nonfinite']} non-finite values on the calibration images")
+                _check_sensitive_ops(model, staged_onnx, calibration, record, out)
         manifest["precision_details"] = record
         manifest["sha256"] = manifests.sha256_file(staged_onnx)
         if not cached:
@@ -320,7 +339,7 @@ def write_ort_optimized(path: Path, destination: Path) -> None:
 
 def _engine_model_fields(manifest: dict[str, Any], profile) -> dict[str, Any]:
     """What the engine's manifest carries over from its precision ONNX: the model and its I/O."""
-    fields = {k: manifest[k] for k in ("arch", "dim", "num_classes", "class_names", "preprocessing", "output", "source", "target")
+    fields = {k: manifest[k] for k in ("arch", "family", "dim", "heads", "num_classes", "class_names", "preprocessing", "output", "source", "target")
               if k in manifest}
     fields["input"] = {**manifest["input"], "batch": {"dynamic": profile.min != profile.max, "min": profile.min, "max": profile.max}}
     return fields

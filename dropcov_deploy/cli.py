@@ -96,17 +96,20 @@ def train_command(
     dataset: Optional[str] = typer.Option(None, "--dataset", help="A bundled dataset: digits."),
     epochs: int = typer.Option(15, "--epochs"),
     batch_size: int = typer.Option(64, "--batch-size", help="Global batch (split across torchrun processes)."),
-    lr: float = typer.Option(0.05, "--lr", help="Peak learning rate (warm-up, then cosine)."),
-    weight_decay: float = typer.Option(1e-4, "--weight-decay"),
-    dim: Optional[int] = typer.Option(None, "--dim", help="Reduction width d [default: the architecture's]."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate, warm-up then cosine [default: 0.05 SGD for ResNets, 1e-3 AdamW for ViTs]."),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="[default: 1e-4 ResNets, 0.05 ViTs]"),
+    dim: Optional[int] = typer.Option(None, "--dim", help="ResNets: reduction width d; ViTs: the head's r [default: the architecture's]."),
+    heads: Optional[int] = typer.Option(None, "--heads", help="ViTs: the head's cross-covariance heads [default: the architecture's]."),
+    pretrained_backbone: bool = typer.Option(False, "--pretrained-backbone", help="ViTs: start from timm's ImageNet weights (downloads them)."),
+    backbone_weights: Optional[Path] = typer.Option(None, "--backbone-weights", help="ViTs: start from a local timm weights file (.safetensors/.pth)."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Input side [default: 32 for digits, 224 for folders]."),
-    width: Optional[str] = typer.Option(None, "--width", help="Four stage widths, e.g. 16,32,64,128."),
+    width: Optional[str] = typer.Option(None, "--width", help="ResNets: four stage widths, e.g. 16,32,64,128."),
     out: Path = typer.Option(Path("runs/model.pt"), "--out", "-o", help="Best checkpoint; the last goes beside it as *-last.pt."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue from a *-last.pt checkpoint."),
     seed: int = typer.Option(0, "--seed"),
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
 ) -> None:
-    """Train a DropCov model (ECA + adaptive dropout active); under torchrun, with DDP."""
+    """Train a DropCov model (its training-only dropout active); under torchrun, with DDP."""
     from dropcov_deploy.train import TrainConfig, train
 
     widths = None
@@ -118,7 +121,8 @@ def train_command(
     config = TrainConfig(
         arch=arch, data=data, dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr,
         weight_decay=weight_decay, dim=dim, image_size=image_size, widths=widths, out=out,
-        resume=resume, seed=seed, workers=workers,
+        resume=resume, seed=seed, workers=workers, heads=heads,
+        pretrained_backbone=str(backbone_weights) if backbone_weights else pretrained_backbone,
     )
     result = train(config)
     if result.history and _is_main_process():
@@ -206,6 +210,11 @@ def build_command(
         )
     if "fc" in details:
         summary.append(f"fc: {details['fc']['why']}")
+    for op_type, numbers in details.get("sensitive_ops", {}).items():
+        summary.append(
+            f"{op_type}: {numbers['fp16_nodes']}/{numbers['nodes']} nodes in FP16, max relative error {numbers['max_relative_error']:.1e} "
+            f"vs FP32, largest input {numbers['max_abs_input']:.3g}, {numbers['nonfinite']} non-finite"
+        )
     if result.ort_optimized:
         summary.append(f"ONNX Runtime-optimized model: {result.ort_optimized}")
     if result.engine:

@@ -1,8 +1,9 @@
 """PyTorch -> ONNX: the eval-mode DropCov graph, checked, parity-tested, with a manifest.
 
 Eval mode is what folds the training-only branch away: ECA and the adaptive dropout
-are skipped in `ResNetACD.forward_head`, so the traced graph holds only
-reduce -> covariance -> triu Gather -> fc. Everything is staged and published
+are skipped in `ResNetACD.forward_head` (the traced graph holds only reduce ->
+covariance -> triu Gather -> fc), the token mask and P's dropout in `DropCovViT`
+(wr -> centring -> q^T k -> flatten -> visual_fc, plus cls_fc). Everything is staged and published
 atomically: a failed check or parity test leaves no file behind.
 """
 
@@ -27,11 +28,12 @@ from dropcov_deploy.steps import StepReporter, quiet_step
 DEFAULT_OPSET = 18
 SUPPORTED_OPSETS = range(17, 24)
 PARITY_TOLERANCE = 1e-4
-MIN_FEATURE_MAP = 2  # a covariance over fewer than 2x2 positions is degenerate
 MAX_DYNAMIC_BATCH = 4096
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
-FORBIDDEN_OPS = ("NonZero", "Trilu", "PythonOp", "ATen", "GatherND", "Dropout", "Softmax")
+# Training-only or fallback ops. Softmax is ECA's (training only) in a ResNet, attention's in a ViT.
+FORBIDDEN_OPS = ("NonZero", "Trilu", "PythonOp", "ATen", "GatherND", "Dropout", "Bernoulli", "RandomUniformLike", "RandomNormalLike")
+FORBIDDEN_OPS_BY_FAMILY = {"resnet": FORBIDDEN_OPS + ("Softmax",), "vit": FORBIDDEN_OPS}
 
 
 
@@ -96,12 +98,9 @@ def _silenced() -> Iterator[None]:
 def check_image_size(model, image_size: int, arch: str) -> None:
     if image_size < 1:
         raise InputError(f"--image-size must be positive, got {image_size}")
-    side = model.feature_map_size(image_size)
-    if side < MIN_FEATURE_MAP:
-        raise InputError(
-            f"--image-size {image_size} is too small for {arch}: its layer4 map would be {side}x{side}; "
-            f"the covariance needs at least {MIN_FEATURE_MAP}x{MIN_FEATURE_MAP} positions"
-        )
+    problem = model.input_size_problem(image_size)
+    if problem:
+        raise InputError(f"--image-size {image_size} does not fit {arch}: {problem}")
 
 
 def trace_to_onnx(model, image_size: int, opset: int, batch: int | None):
@@ -163,7 +162,9 @@ def build_manifest(info, *, image_size: int, opset: int, batch: int | None, onnx
         "artifact": onnx_path.name,
         "precision": "fp32",
         "arch": info.arch,
+        "family": info.family,
         "dim": info.dim,
+        **({"heads": info.heads} if info.family == "vit" else {}),
         "num_classes": info.num_classes,
         "class_names": info.class_names,
         "input": {
@@ -175,7 +176,9 @@ def build_manifest(info, *, image_size: int, opset: int, batch: int | None, onnx
         "output": {"name": OUTPUT_NAME, "shape": [batch_dim, info.num_classes], "dtype": "float32"},
         "preprocessing": info.resolved_preprocessing().to_dict(),
         "opset": opset,
-        "exporter": "torch.onnx (dynamo), eval mode: ECA and adaptive dropout folded away",
+        "exporter": "torch.onnx (dynamo), eval mode: " + (
+            "token mask and covariance dropout folded away" if info.family == "vit" else "ECA and adaptive dropout folded away"
+        ),
         "source": {
             "checkpoint": str(info.path),
             "format": info.source_format,
@@ -229,14 +232,15 @@ def export_onnx(
 
     with staged(out) as stage:
         staged_onnx = stage / out.name
-        with step(f"exporting {info.arch} (d={info.dim}, {size}x{size}, opset {opset})"):
+        head = f"heads={info.heads}, r={info.dim}" if info.family == "vit" else f"d={info.dim}"
+        with step(f"exporting {info.arch} ({head}, {size}x{size}, opset {opset})"):
             proto = trace_to_onnx(model, size, opset, fixed_batch)
         manifest = build_manifest(info, image_size=size, opset=opset, batch=fixed_batch, onnx_path=out)
         onnx_graph.set_metadata(proto, manifests.metadata_props(manifest))
         with step("checking the graph (onnx.checker, shape inference, op rules)"):
             onnx_graph.save(proto, staged_onnx)
             onnx_graph.check(staged_onnx)
-            problems = graph_rule_violations(proto, info.dim)
+            problems = graph_rule_violations(proto, info)
             if problems:
                 raise InputError(f"{checkpoint}: exported graph breaks the inference-graph rules: {'; '.join(problems)}")
         if check:
@@ -256,10 +260,22 @@ def export_onnx(
     return ExportResult(path=out, manifest_path=manifests.sidecar_path(out), manifest=manifest, seconds=time.perf_counter() - started)
 
 
-def graph_rule_violations(proto, dim: int) -> list[str]:
-    """The inference-graph rules: no training or fallback ops; triu as one constant Gather."""
+def graph_rule_violations(proto, info) -> list[str]:
+    """The inference-graph rules: no training or fallback ops; the covariance head where expected
+    (ResNet: triu as one constant Gather; ViT: the q^T k product feeding a heads*r*r visual_fc)."""
     ops = [node.op_type for node in proto.graph.node]
-    problems = [f"has {op} nodes" for op in FORBIDDEN_OPS if op in ops]
+    problems = [f"has {op} nodes" for op in FORBIDDEN_OPS_BY_FAMILY[info.family] if op in ops]
+    if info.family == "vit":
+        expected = info.heads * info.dim * info.dim
+        try:
+            fc = onnx_graph.fc_node(proto)
+        except InputError as exc:
+            return [*problems, str(exc)]
+        weights = {t.name: list(t.dims) for t in proto.graph.initializer}
+        if expected not in weights.get(fc.input[1], []):
+            problems.append(f"the covariance feeds {fc.name}, whose weight {weights.get(fc.input[1])} does not take {expected} values")
+        return problems
+    dim = info.dim
     initializers = {t.name: t for t in proto.graph.initializer}
     gathers = [n for n in proto.graph.node if n.op_type == "Gather"]
     triu = [n for n in gathers if n.input[1] in initializers and list(initializers[n.input[1]].dims) == [dim * (dim + 1) // 2]]

@@ -1,8 +1,9 @@
 """Training DropCov models: one process, or DistributedDataParallel under torchrun.
 
-The DropCov path is active in training (ECA + adaptive channel dropout). The recipe
-is the upstream one (SGD, momentum 0.9, weight decay 1e-4) with a warm-up + cosine
-schedule per step. Each epoch is seeded from (seed, epoch), so a resumed run shuffles,
+The DropCov path is active in training (ResNets: ECA + adaptive channel dropout; ViTs:
+the token mask and the covariance dropout). The recipes are the upstream ones: ResNets
+SGD (lr 0.05 here, momentum 0.9, weight decay 1e-4), ViTs AdamW (lr 1e-3, weight decay
+0.05, as DeiT), with a warm-up + cosine schedule per step. Each epoch is seeded from (seed, epoch), so a resumed run shuffles,
 augments and drops exactly as an uninterrupted one. Rank 0 alone logs and saves; both
 the best and the last checkpoint are written atomically in our format.
 """
@@ -29,13 +30,15 @@ class TrainConfig:
     dataset: str | None = None
     epochs: int = 15
     batch_size: int = 64
-    lr: float = 0.05
+    lr: float | None = None  # None: the family's recipe (see RECIPES)
     momentum: float = 0.9
-    weight_decay: float = 1e-4
+    weight_decay: float | None = None
     warmup_epochs: float = 1.0
     dim: int | None = None
     image_size: int | None = None
     widths: Sequence[int] | None = None
+    heads: int | None = None  # ViT head
+    pretrained_backbone: bool | str = False  # ViT: timm's weights; True downloads, a path reads a local file
     out: Path = Path("runs/model.pt")
     resume: Path | None = None
     seed: int = 0
@@ -48,6 +51,10 @@ class TrainConfig:
             record[key] = str(record[key]) if record[key] is not None else None
         record["widths"] = list(self.widths) if self.widths else None
         return record
+
+
+# optimizer, lr, weight decay per family: upstream ResNet (SGD) and DeiT (AdamW) recipes
+RECIPES: dict[str, tuple[str, float, float]] = {"resnet": ("sgd", 0.05, 1e-4), "vit": ("adamw", 1e-3, 0.05)}
 
 
 @dataclass
@@ -113,6 +120,7 @@ class _Data:
 
 
 def _digits_data(image_size: int | None) -> _Data:
+    """The bundled digits at their own 32 px, or resized to `image_size`."""
     import torch
 
     from dropcov_deploy.data import digits
@@ -251,10 +259,14 @@ def train(config: TrainConfig, show_progress: bool = True) -> TrainResult:
     from dropcov_deploy.models import get_arch
 
     spec = get_arch(config.arch)
-    if config.epochs < 1 or config.batch_size < 1 or config.lr <= 0:
+    if config.epochs < 1 or config.batch_size < 1 or (config.lr is not None and config.lr <= 0):
         raise InputError("--epochs and --batch-size must be positive and --lr above zero")
-    if config.widths is not None and len(config.widths) != 4:
-        raise InputError(f"--width takes four stage widths like 16,32,64,128; got {list(config.widths)}")
+    if config.widths is not None and (spec.family != "resnet" or len(config.widths) != 4):
+        raise InputError(f"--width takes four stage widths like 16,32,64,128 (ResNets only); got {list(config.widths)} for {spec.name}")
+    if config.pretrained_backbone and spec.family != "vit":
+        raise InputError(f"backbone weights are for ViTs (timm backbones); {spec.name} is a {spec.family}")
+    if config.heads is not None and (spec.family != "vit" or config.heads < 1):
+        raise InputError(f"--heads sizes a ViT head (a positive number); {spec.name} is a {spec.family}")
     out = Path(config.out)
     if not out.parent.exists() and not out.parent.is_file():
         out.parent.mkdir(parents=True, exist_ok=True)  # a new run folder
@@ -274,6 +286,18 @@ def train(config: TrainConfig, show_progress: bool = True) -> TrainResult:
     finally:
         if dist_env.world_size > 1 and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _optimizer(model, family: str, config: TrainConfig):
+    """The family's recipe; --lr and --weight-decay override its numbers, not its optimizer."""
+    import torch
+
+    kind, lr, weight_decay = RECIPES[family]
+    lr = config.lr if config.lr is not None else lr
+    weight_decay = config.weight_decay if config.weight_decay is not None else weight_decay
+    if kind == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=config.momentum, weight_decay=weight_decay)
 
 
 def _resume_state(path: Path, arch: str) -> dict[str, Any]:
@@ -301,15 +325,20 @@ def _train(config, spec, out, last, dist_env, device, show_progress) -> TrainRes
     data = _load_data(config)
     resume = _resume_state(Path(config.resume), spec.name) if config.resume else None
     dim = resume["dim"] if resume else (config.dim or spec.default_dim)
-    widths = resume.get("widths") if resume else config.widths
-    model = create_model(spec.name, num_classes=len(data.class_names), dim=dim, widths=widths).to(device)
+    if spec.family == "vit":
+        heads = resume.get("heads") if resume else config.heads
+        model = create_model(spec.name, num_classes=len(data.class_names), dim=dim, heads=heads, image_size=data.image_size,
+                             pretrained_backbone=False if resume else config.pretrained_backbone).to(device)
+    else:
+        widths = resume.get("widths") if resume else config.widths
+        model = create_model(spec.name, num_classes=len(data.class_names), dim=dim, widths=widths).to(device)
     if resume:
         model.load_state_dict(resume["state_dict"])
     net = model
     if dist_env.world_size > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    optimizer = _optimizer(model, spec.family, config)
     sampler = DistributedSampler(data.train, dist_env.world_size, dist_env.rank, shuffle=True, seed=config.seed) if dist_env.world_size > 1 else None
     per_rank_batch = max(1, config.batch_size // dist_env.world_size)
     val_loader = DataLoader(data.val, batch_size=256, shuffle=False, num_workers=config.workers)
@@ -368,8 +397,9 @@ def _train(config, spec, out, last, dist_env, device, show_progress) -> TrainRes
                 seen += len(labels)
                 loss_sum += loss.item() * len(labels)
                 correct += int((logits.argmax(1) == labels).sum())
-                if model.channel_dropout.last_rate is not None:
-                    rates.append(model.channel_dropout.last_rate)
+                rate_now = getattr(getattr(model, "channel_dropout", None), "last_rate", None)  # ResNets' adaptive rho
+                if rate_now is not None:
+                    rates.append(rate_now)
                 if progress:
                     rate = seen * dist_env.world_size / (time.perf_counter() - started)
                     progress.update(task, advance=1, stats=f"loss {loss_sum / seen:.3f}  acc {correct / seen:.3f}  {rate:.0f} img/s")

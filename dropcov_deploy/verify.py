@@ -118,7 +118,7 @@ def verify(
         raise InputError("name at least one artifact to verify")
     if batch_size < 1:
         raise InputError(f"--batch-size {batch_size}: must be positive")
-    gates = gate_rules.load_gates(gates_file)
+    overrides = gate_rules.read_overrides(gates_file)  # a bad gates file fails before the slow work
     paths = [Path(a) for a in artifacts]
     for path in paths:
         if not path.exists():
@@ -128,6 +128,7 @@ def verify(
 
     with step(f"loading {checkpoint}"):
         loaded = load_checkpoint_with_info(checkpoint)
+    gates = gate_rules.with_overrides(gate_rules.default_gates(loaded.info.family), overrides)
     image_size = loaded.info.resolved_preprocessing().crop
     for path, manifest in manifests_by_path.items():
         _check_fits(path, manifest, image_size, batch_size)
@@ -176,50 +177,25 @@ def _brief(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ locate
-def _float_source(model, tensor: str) -> str:
-    """Walk back through Q/DQ and Cast to the tensor a precision graph computed in float."""
-    made_by = onnx_graph.producers(model)
-    while tensor in made_by and made_by[tensor].op_type in ("DequantizeLinear", "QuantizeLinear", "Cast"):
-        tensor = made_by[tensor].input[0]
-    return tensor
-
-
 def stage_tensors(model) -> dict[str, str]:
-    """The ONNX tensor names of the stages: backbone output, reduced map, covariance, logits."""
+    """The ONNX tensor names of the stages: what the head's first layer reads (ResNet: layer4's
+    map; ViT: the visual tokens), the tensor the covariance is taken of, the product, logits."""
     onnx_graph.ensure_node_names(model)
-    block = set(onnx_graph.covariance_block(model))
-    made_by = onnx_graph.producers(model)
-    nodes = [n for n in model.graph.node if n.name in block]
-    reduced = next(
-        _float_source(model, t) for n in nodes for t in n.input
-        if t in made_by and made_by[t].name not in block and made_by[_float_source(model, t)].op_type == "Relu"
-    )
-    reduce_conv = made_by[made_by[reduced].input[0]]
-    backbone = _float_source(model, reduce_conv.input[0])
-    covariance = next(n.output[0] for n in nodes if n.op_type == "MatMul")
-    return {"backbone": backbone, "reduced": reduced, "covariance": covariance, "logits": model.graph.output[0].name}
+    reduced = onnx_graph.block_input(model)
+    return {
+        "backbone": onnx_graph.layer_input(model, reduced),
+        "reduced": reduced,
+        "covariance": onnx_graph.covariance_product(model).output[0],
+        "logits": model.graph.output[0].name,
+    }
 
 
 def _onnx_stages(path: Path, batch: np.ndarray) -> dict[str, np.ndarray]:
-    import tempfile
-
-    import onnx
+    from dropcov_deploy.probe import run_exposed
 
     model = onnx_graph.load(path)
     names = stage_tensors(model)
-    inferred = onnx.shape_inference.infer_shapes(model)
-    infos = {v.name: v for v in inferred.graph.value_info}
-    existing = {o.name for o in model.graph.output}
-    for tensor in names.values():
-        if tensor not in existing:
-            model.graph.output.append(infos[tensor] if tensor in infos else onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None))
-    with tempfile.TemporaryDirectory(prefix="dropcov-locate-") as tmp:
-        probe = Path(tmp) / "probe.onnx"
-        onnx_graph.save(model, probe)
-        from dropcov_deploy.backends.onnxruntime import OnnxRuntimeRunner
-
-        runner = OnnxRuntimeRunner(probe)
-        values = runner.infer({runner.input_names[0]: batch})
+    values = next(run_exposed(model, names.values(), [batch]))
     return {stage: np.asarray(values[tensor], dtype=np.float64) for stage, tensor in names.items()}
 
 
@@ -227,13 +203,8 @@ def _torch_stages(model, batch: np.ndarray) -> dict[str, np.ndarray]:
     import torch
 
     with torch.no_grad():
-        x = torch.from_numpy(batch)
-        backbone = model.forward_backbone(x)
-        reduced = model.forward_reduce(backbone)
-        covariance = model.cov(reduced)
-        logits = model.fc(model.triu(covariance))
-    return {"backbone": backbone.double().numpy(), "reduced": reduced.double().numpy(),
-            "covariance": covariance.double().numpy(), "logits": logits.double().numpy()}
+        stages = model.forward_stages(torch.from_numpy(batch))
+    return {stage: stages[stage].double().numpy() for stage in STAGES}
 
 
 def locate_divergence(model, path: Path, batch: np.ndarray, precision: str) -> dict[str, Any]:

@@ -132,5 +132,5 @@ def test_pickled_objects_are_never_unpickled(tmp_path):
 def test_not_a_dropcov_checkpoint(tmp_path):
     path = tmp_path / "other.pth"
     torch.save({"conv.weight": torch.zeros(2, 2)}, path)
-    with pytest.raises(CheckpointError, match="not a DropCov ResNet checkpoint"):
+    with pytest.raises(CheckpointError, match="not a DropCov checkpoint"):
         load_checkpoint(path)

@@ -321,3 +321,39 @@ def test_parser_failure_reports_every_error(tmp_path):
     for index, error in enumerate(errors, 1):  # every parser error is in the one message
         assert f"[{index}]" in message and error["desc"] in message
     assert not plan.exists()
+
+
+@pytest.mark.tensorrt
+@needs_tensorrt
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_vit_engines_run_their_precision_and_match_onnx_runtime(precision, tmp_path):
+    """A transformer (vit_compact_drop, seeded): the FP16 graph and the TensorRT-target INT8 Q/DQ
+    graph build strongly typed engines that run in their precision and agree with FP32."""
+    import torch
+
+    from dropcov_deploy import onnx_graph
+    from dropcov_deploy.backends.onnxruntime import OnnxRuntimeRunner
+    from dropcov_deploy.data import digits
+    from dropcov_deploy.export import export_onnx
+    from dropcov_deploy.metrics import relative_error
+    from dropcov_deploy.models import create_model, save_checkpoint
+    from dropcov_deploy.precision.calibration import CalibrationSet
+    from dropcov_deploy.precision.fp16 import convert_fp16
+    from dropcov_deploy.precision.int8 import quantize_tensorrt
+
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "vit.pt"
+    save_checkpoint(checkpoint, create_model("vit_compact_drop", num_classes=10).eval(), arch="vit_compact_drop", input_size=32)
+    fp32 = export_onnx(checkpoint, tmp_path / "vit.onnx").path
+    vit_images = digits.preprocessed(digits.load_splits()["calibration"], digits.PREPROCESSING)
+    calibration = CalibrationSet(source=Path("digits-calibration"), data=vit_images[:64], labels=None, sha256="digits")
+    model, _ = convert_fp16(fp32, calibration) if precision == "fp16" else quantize_tensorrt(fp32, calibration)
+    precision_onnx = tmp_path / f"vit.{precision}.onnx"
+    onnx_graph.save(model, precision_onnx)
+    plan = tmp_path / f"vit_{precision}.plan"
+    manifest = _build(precision_onnx, plan, precision)
+    assert manifest["layers"]["precisions"].get(precision.upper(), 0) > 0, manifest["layers"]
+    with TensorRTRunner(plan) as runner:
+        got = runner(vit_images[:4])
+    assert np.isfinite(got).all()
+    assert relative_error(got, OnnxRuntimeRunner(precision_onnx)(vit_images[:4])) < (1e-2 if precision == "fp16" else 5e-2)

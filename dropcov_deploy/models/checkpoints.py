@@ -37,9 +37,11 @@ class CheckpointInfo:
     path: Path
     source_format: str  # "dropcov-deploy", "upstream", "model-dict" or "state-dict"
     arch: str
-    dim: int
+    dim: int  # d (ResNet) or r (ViT)
     num_classes: int
     sha256: str
+    family: str = "resnet"
+    heads: int | None = None  # ViT head
     class_names: list[str] | None = None
     input_size: int | None = None
     preprocessing: Preprocessing | None = None
@@ -114,11 +116,31 @@ def _split(obj: Any, path: Path) -> tuple[str, Mapping[str, Any], dict[str, Any]
     )
 
 
-def _head_sizes(state: Mapping[str, torch.Tensor], path: Path) -> tuple[int, int]:
-    """Infer (d, num_classes) from layer_reduce.weight and fc.weight."""
+@dataclass(frozen=True)
+class HeadSizes:
+    """What the head's tensors say: family, d (ResNet) or r (ViT), heads (ViT), classes."""
+
+    family: str
+    dim: int
+    num_classes: int
+    heads: int | None = None
+
+
+_AUTHORS_VIT_KEYS = ("visual_tokens.", "classifier.")
+
+
+def _head_sizes(state: Mapping[str, torch.Tensor], path: Path) -> HeadSizes:
+    """Infer the head's sizes: layer_reduce + fc (ResNet) or wr + visual_fc (ViT)."""
+    if "wr.weight" in state and "visual_fc.weight" in state:
+        return _vit_head_sizes(state, path)
+    if any(key.startswith(_AUTHORS_VIT_KEYS) for key in state) and "fc.weight" not in state:
+        raise CheckpointError(
+            f"{path}: looks like the authors' ViT/T2T checkpoint (DenseNet token stem), which maps onto no "
+            "timm backbone; only the authors' ResNet checkpoints load"
+        )
     for key in ("layer_reduce.weight", "fc.weight"):
         if key not in state:
-            raise CheckpointError(f"{path}: not a DropCov ResNet checkpoint (no '{key}' tensor)")
+            raise CheckpointError(f"{path}: not a DropCov checkpoint (no '{key}' tensor, nor a ViT head's 'wr.weight')")
     dim = int(state["layer_reduce.weight"].shape[0])
     fc_out, fc_in = (int(s) for s in state["fc.weight"].shape)
     if dim_from_triu_size(fc_in) != dim:
@@ -126,7 +148,20 @@ def _head_sizes(state: Mapping[str, torch.Tensor], path: Path) -> tuple[int, int
             f"{path}: fc takes {fc_in} inputs but layer_reduce gives d={dim} "
             f"(covariance triu of d={dim} has {dim * (dim + 1) // 2} values)"
         )
-    return dim, fc_out
+    return HeadSizes("resnet", dim, fc_out)
+
+
+def _vit_head_sizes(state: Mapping[str, torch.Tensor], path: Path) -> HeadSizes:
+    """wr is (3 * heads * r, width) and visual_fc (classes, heads * r * r): r and heads follow."""
+    projections = int(state["wr.weight"].shape[0])
+    classes, visual_in = (int(s) for s in state["visual_fc.weight"].shape)
+    if projections % 3 or (visual_in * 3) % projections:
+        raise CheckpointError(f"{path}: wr gives {projections} values and visual_fc takes {visual_in}: not a DropCov ViT head")
+    dim = visual_in * 3 // projections
+    heads = projections // (3 * dim) if dim else 0
+    if not heads or heads * dim * dim != visual_in:
+        raise CheckpointError(f"{path}: wr gives {projections} values and visual_fc takes {visual_in}: not a DropCov ViT head")
+    return HeadSizes("vit", dim, classes, heads)
 
 
 def _mismatches(model: nn.Module, state: Mapping[str, torch.Tensor]) -> list[str]:
@@ -147,17 +182,25 @@ def _mismatches(model: nn.Module, state: Mapping[str, torch.Tensor]) -> list[str
     return problems
 
 
-def _build(spec: ArchSpec, dim: int, num_classes: int, on_meta: bool, widths: list[int] | None = None) -> nn.Module:
+def _build(spec: ArchSpec, sizes: HeadSizes, on_meta: bool, widths: list[int] | None = None, image_size: int | None = None) -> nn.Module:
+    kwargs: dict[str, Any] = {"num_classes": sizes.num_classes, "dim": sizes.dim}
+    if spec.family == "vit":
+        kwargs.update(heads=sizes.heads, image_size=image_size)
+    else:
+        kwargs["widths"] = widths
     if on_meta:
         with torch.device("meta"):
-            return create_model(spec.name, num_classes=num_classes, dim=dim, widths=widths)
-    return create_model(spec.name, num_classes=num_classes, dim=dim, widths=widths)
+            return create_model(spec.name, **kwargs)
+    return create_model(spec.name, **kwargs)
 
 
-def infer_arch(state: Mapping[str, torch.Tensor], dim: int, num_classes: int) -> ArchSpec | None:
+def infer_arch(state: Mapping[str, torch.Tensor], sizes: HeadSizes, image_size: int | None = None) -> ArchSpec | None:
     """The registered architecture whose keys and shapes match `state` exactly, if any."""
     for spec in list_archs():
-        if not _mismatches(_build(spec, dim, num_classes, on_meta=True), state):
+        if spec.family != sizes.family:
+            continue
+        size = image_size or spec.default_image_size
+        if not _mismatches(_build(spec, sizes, on_meta=True, image_size=size), state):
             return spec
     return None
 
@@ -186,7 +229,9 @@ def load_checkpoint_with_info(path: str | os.PathLike[str], arch: str | None = N
     non_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if non_tensors:
         raise CheckpointError(f"{path}: state_dict entries that are not tensors: {', '.join(non_tensors[:_MAX_LISTED_KEYS])}")
-    dim, num_classes = _head_sizes(state, path)
+    sizes = _head_sizes(state, path)
+    dim, num_classes = sizes.dim, sizes.num_classes
+    stored_size = int(meta["input_size"]) if isinstance(meta.get("input_size"), int) else None
 
     stored_name = meta.get("arch") if isinstance(meta.get("arch"), str) else None
     stored: ArchSpec | None = None
@@ -195,16 +240,20 @@ def load_checkpoint_with_info(path: str | os.PathLike[str], arch: str | None = N
             stored = get_arch(stored_name)
         except InputError:
             stored = None  # a name we do not know: fall back to the tensors
-    fitting = infer_arch(state, dim, num_classes)
+    fitting = infer_arch(state, sizes, stored_size)
     spec = requested or stored or fitting
     if spec is None:
+        described = f"r={dim}, {sizes.heads} heads" if sizes.family == "vit" else f"d={dim}"
+        hint = "; for a timm backbone give --arch timm:<model>" if sizes.family == "vit" else ""
         raise CheckpointError(
-            f"{path}: tensors fit no known architecture (d={dim}, {num_classes} classes); "
-            f"known: {', '.join(s.name for s in list_archs())}"
+            f"{path}: tensors fit no known architecture ({described}, {num_classes} classes); "
+            f"known: {', '.join(s.name for s in list_archs() if s.family == sizes.family)}{hint}"
         )
+    if spec.family != sizes.family:
+        raise CheckpointError(f"{path}: holds a {sizes.family} DropCov model, not a {spec.name} ({spec.family})")
 
     widths = [int(w) for w in meta["widths"]] if isinstance(meta.get("widths"), (list, tuple)) else None
-    model = _build(spec, dim, num_classes, on_meta=False, widths=widths)
+    model = _build(spec, sizes, on_meta=False, widths=widths, image_size=stored_size or spec.default_image_size)
     problems = _mismatches(model, state)
     if problems:
         hint = f"; the tensors fit {fitting.name}" if fitting and fitting.name != spec.name else ""
@@ -221,6 +270,8 @@ def load_checkpoint_with_info(path: str | os.PathLike[str], arch: str | None = N
         dim=dim,
         num_classes=num_classes,
         sha256=sha256_file(path),
+        family=sizes.family,
+        heads=sizes.heads,
         class_names=list(class_names) if isinstance(class_names, (list, tuple)) else None,
         input_size=int(meta["input_size"]) if isinstance(meta.get("input_size"), int) else None,
         preprocessing=_meta_preprocessing(meta),
@@ -261,7 +312,8 @@ def save_checkpoint(
         "arch": spec.name,
         "dim": int(model.dim),
         "num_classes": int(model.num_classes),
-        "widths": list(model.widths),
+        "widths": list(model.widths) if hasattr(model, "widths") else None,
+        "heads": int(model.heads) if hasattr(model, "heads") else None,
         "class_names": list(class_names) if class_names is not None else None,
         "input_size": int(input_size or spec.default_image_size),
         "preprocessing": (preprocessing or Preprocessing.imagenet(input_size or spec.default_image_size)).to_dict(),

@@ -152,6 +152,13 @@ class ResNetACD(nn.Module):
             size = (size - 1) // 2 + 1
         return size
 
+    def input_size_problem(self, image_size: int) -> str | None:
+        """Why `image_size` cannot be exported, or None: the covariance needs a 2x2 map at least."""
+        side = self.feature_map_size(image_size)
+        if side < 2:
+            return f"too small: its layer4 map would be {side}x{side}; the covariance needs at least 2x2 positions"
+        return None
+
     # The stages below are separate so verification can compare intermediate tensors.
     def forward_backbone(self, x: torch.Tensor) -> torch.Tensor:
         """Image batch -> layer4 feature map."""
@@ -168,6 +175,14 @@ class ResNetACD(nn.Module):
             reduced, eca_weights = self.eca_layer(reduced)
             reduced = self.channel_dropout(reduced, eca_weights)
         return self.fc(self.triu(self.cov(reduced)))
+
+    def forward_stages(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Eval-mode intermediate tensors, named as verify's stages."""
+        backbone = self.forward_backbone(x)
+        reduced = self.forward_reduce(backbone)
+        covariance = self.cov(reduced)
+        logits = self.fc(self.triu(covariance))
+        return {"backbone": backbone, "reduced": reduced, "covariance": covariance, "logits": logits}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_reduce(self.forward_backbone(x)))

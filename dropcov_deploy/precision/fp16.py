@@ -45,24 +45,35 @@ def _quiet_modelopt() -> None:
 
 def convert_fp16(onnx_path: Path, calibration: CalibrationSet, input_name: str = "input"):
     """Mixed-precision FP16 ModelProto with FP32 I/O and an FP32 covariance block."""
+    full = onnx_graph.load(onnx_path)
+    onnx_graph.ensure_node_names(full)
+    pinned = onnx_graph.covariance_block(full)
+    with tempfile.TemporaryDirectory(prefix="dropcov-fp16-") as tmp:
+        named = Path(tmp) / "named.onnx"
+        onnx_graph.save(full, named)
+        return autocast_fp16(named, calibration, pinned, input_name), pinned
+
+
+def autocast_fp16(onnx_path: Path, calibration: CalibrationSet, keep_fp32: list[str], input_name: str = "input", opset: int | None = None):
+    """AutoCast to FP16: the named nodes stay FP32, and so does any node whose values on real
+    calibration images pass AutoCast's range limit; inputs and outputs stay FP32.
+
+    A Q/DQ graph needs opset 19 (FP16 scales): below it DequantizeLinear can only output
+    FP32, and AutoCast puts a Cast between every DQ and its layer, which TensorRT's Q/DQ
+    fusion does not look through."""
     require_modelopt()
     _quiet_modelopt()
     from modelopt.onnx.autocast import convert_to_mixed_precision
 
-    with tempfile.TemporaryDirectory(prefix="dropcov-fp16-") as tmp:
-        named = Path(tmp) / "named.onnx"
-        full = onnx_graph.load(onnx_path)
-        onnx_graph.ensure_node_names(full)
-        pinned = onnx_graph.covariance_block(full)
-        onnx_graph.save(full, named)
+    with tempfile.TemporaryDirectory(prefix="dropcov-autocast-") as tmp:
         reference = Path(tmp) / "reference.npz"
         np.savez(reference, **{input_name: calibration.data[:REFERENCE_IMAGES]})
-        model = convert_to_mixed_precision(
-            onnx_path=str(named),
+        return convert_to_mixed_precision(
+            onnx_path=str(onnx_path),
             low_precision_type="fp16",
-            nodes_to_exclude=[f"^{re.escape(name)}$" for name in pinned],
+            nodes_to_exclude=[f"^{re.escape(name)}$" for name in keep_fp32],
             keep_io_types=True,
             calibration_data=str(reference),
             providers=["cpu"],
+            opset=opset,
         )
-    return model, pinned

@@ -1,8 +1,10 @@
 """INT8 with explicit Q/DQ, for two targets, the covariance block never quantized.
 
-- TensorRT: ModelOpt's Q/DQ placement (symmetric, per-channel weights), the
-  unquantized rest in a chosen high precision (FP16 by default, the covariance block
-  kept in FP32 by op type, checked afterwards node by node).
+- TensorRT: ModelOpt's Q/DQ placement (symmetric, per-channel weights) on the FP32
+  graph, then the unquantized rest to the chosen high precision by AutoCast (FP16 by
+  default) with the covariance block pinned to FP32 by node name. (ModelOpt's own FP16
+  pass pins by op type only, which in a transformer would also pin every attention
+  MatMul and reshape.)
 - CPU: ONNX Runtime's own `quantize_static` QDQ graph, which its CPU kernels fuse
   (ModelOpt's TensorRT-shaped graph runs about 3x slower than FP32 there).
 
@@ -17,6 +19,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import subprocess
 import sys
 import tempfile
@@ -32,9 +35,6 @@ from dropcov_deploy.precision.fp16 import _quiet_modelopt, require_modelopt
 TARGETS = ("tensorrt", "cpu")
 FC_MODES = ("int8", "weight-only", "float")
 CALIB_METHODS = ("entropy", "max", "percentile")
-# The ResNet-ACD graph uses these op types only inside the covariance block; ModelOpt's
-# FP16 pass keeps them in FP32 (verified per node after conversion).
-COVARIANCE_OP_TYPES = ["ReduceMean", "Sub", "Mul", "MatMul", "Transpose", "Reshape", "Gather"]
 
 
 def _named_copy(onnx_path: Path, folder: Path):
@@ -106,7 +106,7 @@ def _ort_quantize_static(named: Path, calibration: CalibrationSet, out: Path, me
 def quantize_tensorrt(
     onnx_path: Path, calibration: CalibrationSet, method: str = "entropy", high_precision: str = "fp16", input_name: str = "input"
 ):
-    """ModelOpt INT8 Q/DQ for TensorRT; returns a ModelProto."""
+    """ModelOpt INT8 Q/DQ for TensorRT, the rest in `high_precision`; returns a ModelProto."""
     require_modelopt()
     _quiet_modelopt()
     if method not in ("entropy", "max"):
@@ -126,13 +126,17 @@ def quantize_tensorrt(
                 calibration_method=method,
                 calibration_eps=["cpu"],
                 nodes_to_exclude=list(pinned),  # a copy: ModelOpt appends to the list it is given
-                op_types_to_exclude_fp16=COVARIANCE_OP_TYPES,
-                high_precision_dtype=high_precision,
+                high_precision_dtype="fp32",
                 output_path=str(out),
                 log_level="ERROR",
             )
         model = onnx_graph.load(out)
         unquantize_block_inputs(model, pinned)
+        if high_precision == "fp16":
+            from dropcov_deploy.precision.fp16 import autocast_fp16
+
+            onnx_graph.save(model, out)
+            model = autocast_fp16(out, calibration, pinned, input_name, opset=max(19, onnx_graph.opset(model)))
         return model, pinned
 
 
@@ -142,23 +146,21 @@ def _quiet():
     levels = {name: logging.getLogger(name).level for name in ("modelopt", "onnxruntime", "root")}
     for name in levels:
         logging.getLogger(name).setLevel(logging.ERROR)
+    tqdm_was = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"  # ModelOpt's calibration bars write to stderr
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             yield
     finally:
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
+        if tqdm_was is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = tqdm_was
 
 
 # ------------------------------------------------------------------ fc surgery
-def _consumers(model) -> dict[str, list]:
-    table: dict[str, list] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            table.setdefault(name, []).append(node)
-    return table
-
-
 def _bypass_activation_qdq(model, fc) -> bool:
     """fc input: X -> Q -> DQ -> fc becomes X -> fc. True when there was a pair to remove."""
     made_by = onnx_graph.producers(model)
@@ -169,7 +171,7 @@ def _bypass_activation_qdq(model, fc) -> bool:
     if q is None or q.op_type != "QuantizeLinear":
         return False
     fc.input[0] = q.input[0]
-    consumers = _consumers(model)
+    consumers = onnx_graph.consumers(model)
     if not [n for n in consumers.get(dq.output[0], []) if n is not fc]:
         model.graph.node.remove(dq)
     if not [n for n in consumers.get(q.output[0], []) if n is not dq]:
@@ -242,25 +244,17 @@ def unquantize_block_inputs(model, block: list[str]) -> int:
     return bypassed
 
 
-def fp32_pass(onnx_path: Path, calibration: CalibrationSet, input_name: str = "input") -> tuple[np.ndarray, float]:
+def fp32_pass(onnx_path: Path, calibration: CalibrationSet) -> tuple[np.ndarray, float]:
     """One pass of the FP32 graph over the calibration set: its logits (the reference every
-    precision graph is scored against) and the largest |fc input| (the triu vector's range)."""
-    import onnx
+    precision graph is scored against) and the largest |fc input| (the covariance vector's range)."""
+    from dropcov_deploy.probe import run_exposed
 
-    from dropcov_deploy.backends.onnxruntime import OnnxRuntimeRunner
-
-    probe = onnx_graph.load(onnx_path)
-    tensor = onnx_graph.triu_gather(probe).output[0]
-    probe.graph.output.append(onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None))
+    model = onnx_graph.load(onnx_path)
+    tensor, logits_name = onnx_graph.fc_input(model), model.graph.output[0].name
     logits, amax = [], 0.0
-    with tempfile.TemporaryDirectory(prefix="dropcov-fp32-") as tmp:
-        path = Path(tmp) / "probe.onnx"
-        onnx_graph.save(probe, path)
-        runner = OnnxRuntimeRunner(path)
-        for batch in calibration.batches():
-            outputs = runner.infer({input_name: batch})
-            logits.append(outputs[runner.output_names[0]])
-            amax = max(amax, float(np.abs(outputs[tensor]).max()))
+    for outputs in run_exposed(model, [tensor], calibration.batches()):
+        logits.append(outputs[logits_name])
+        amax = max(amax, float(np.abs(outputs[tensor]).max()))
     return np.concatenate(logits), amax
 
 
