@@ -17,6 +17,7 @@ from dropcov_deploy.models.layers import (
 )
 from dropcov_deploy.models.registry import ArchSpec, create_model, get_arch, list_archs
 from dropcov_deploy.models.resnet_acd import ResNetACD
+from dropcov_deploy.models.vit_drop import DropCovViT
 
 __all__ = [
     "ECA",
@@ -24,6 +25,7 @@ __all__ = [
     "ArchSpec",
     "CheckpointInfo",
     "CovariancePool",
+    "DropCovViT",
     "LoadedCheckpoint",
     "ResNetACD",
     "TriuVectorize",

@@ -65,28 +65,23 @@ register(
     )
 )
 
+def _vit(name: str, timm_name: str, heads: int, r: int, layout: str, summary: str, image_size: int = 224, **timm_kwargs: Any) -> ArchSpec:
+    return ArchSpec(name, "vit", block="", layers=(), default_dim=r, widths=(), stem="", default_image_size=image_size,
+                    summary=summary, timm_name=timm_name, timm_kwargs=tuple(timm_kwargs.items()), heads=heads, token_layout=layout)
+
+
 # Transformers: timm backbones with the spec's head sizes (heads, r). DeiT-Tiny is timm's
 # (dim 192, the authors' own Tiny has dim 240 and a convolutional token stem); Swin-T has no
 # upstream configuration: it takes DeiT-S's head, the model of its size class.
-register(ArchSpec("deit_tiny_drop", "vit", "", (), 14, (), "", 224, "DeiT-Ti/16 + DropCov head", "deit_tiny_patch16_224", (), 6, "tokens"))
-register(ArchSpec("deit_small_drop", "vit", "", (), 24, (), "", 224, "DeiT-S/16 + DropCov head", "deit_small_patch16_224", (), 6, "tokens"))
-register(ArchSpec("deit_base_drop", "vit", "", (), 24, (), "", 224, "DeiT-B/16 + DropCov head", "deit_base_patch16_224", (), 12, "tokens"))
-register(ArchSpec("swin_tiny_drop", "vit", "", (), 24, (), "", 224, "Swin-T (window 7) + DropCov head", "swin_tiny_patch4_window7_224", (), 6, "NHWC"))
+register(_vit("deit_tiny_drop", "deit_tiny_patch16_224", 6, 14, "tokens", "DeiT-Ti/16 + DropCov head"))
+register(_vit("deit_small_drop", "deit_small_patch16_224", 6, 24, "tokens", "DeiT-S/16 + DropCov head"))
+register(_vit("deit_base_drop", "deit_base_patch16_224", 12, 24, "tokens", "DeiT-B/16 + DropCov head"))
+register(_vit("swin_tiny_drop", "swin_tiny_patch4_window7_224", 6, 24, "NHWC", "Swin-T (window 7) + DropCov head"))
 register(
-    ArchSpec(
-        "vit_compact_drop",
-        "vit",
-        "",
-        (),
-        8,
-        (),
-        "",
-        32,
+    _vit(
+        "vit_compact_drop", "vit_tiny_patch16_224", 4, 8, "tokens",
         "compact ViT (patch 8, width 128, depth 4) + DropCov head for small images",
-        "vit_tiny_patch16_224",
-        (("patch_size", 8), ("embed_dim", 128), ("depth", 4), ("num_heads", 4), ("mlp_ratio", 2.0)),
-        4,
-        "tokens",
+        image_size=32, patch_size=8, embed_dim=128, depth=4, num_heads=4, mlp_ratio=2.0,
     )
 )
 
@@ -102,10 +97,7 @@ def _timm_spec(name: str) -> ArchSpec:
     if not model_name or not timm.is_model(model_name):
         raise InputError(f"unknown timm model {model_name!r} in {name!r} (see timm.list_models())")
     size = timm.get_pretrained_cfg_value(model_name, "input_size") or (3, 224, 224)
-    return ArchSpec(
-        name, "vit", "", (), TIMM_DEFAULT_DIM, (), "", int(size[-1]), f"timm {model_name} + DropCov head",
-        model_name, (), TIMM_DEFAULT_HEADS, "",
-    )
+    return _vit(name, model_name, TIMM_DEFAULT_HEADS, TIMM_DEFAULT_DIM, "", f"timm {model_name} + DropCov head", int(size[-1]))
 
 
 def list_archs() -> list[ArchSpec]:
