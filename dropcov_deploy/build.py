@@ -123,20 +123,14 @@ def _cache_key(source_sha: str, calibration_sha: str | None, options: BuildOptio
 # ------------------------------------------------------------------ precision graphs
 def _measure_variant(path: Path, calibration, reference: np.ndarray, latency_batch: np.ndarray | None) -> dict[str, Any]:
     from dropcov_deploy.backends.onnxruntime import OnnxRuntimeRunner
+    from dropcov_deploy.metrics import compare
 
     runner = OnnxRuntimeRunner(path)
     outputs = np.concatenate([runner(batch) for batch in calibration.batches()])
-    from dropcov_deploy.metrics import compare
-
-    parity = compare(outputs, reference)
-    result: dict[str, Any] = {
-        "top1_agreement": float((outputs.argmax(1) == reference.argmax(1)).mean()),
-        "nonfinite": int((~np.isfinite(outputs)).sum()),
-        "cosine_min": parity["cosine_min"],
-        "relative_error": parity["relative_error"],
-    }
+    parity = compare(outputs, reference, calibration.labels)
+    result: dict[str, Any] = {k: parity[k] for k in ("top1_agreement", "nonfinite", "cosine_min", "relative_error")}
     if calibration.labels is not None:
-        result["accuracy"] = float((outputs.argmax(1) == calibration.labels).mean())
+        result["accuracy"] = parity["accuracy"]
     if latency_batch is not None:
         for _ in range(3):
             runner(latency_batch)
