@@ -139,14 +139,21 @@ class CudaRuntime:
         return f"{major.value}.{minor.value}"
 
     # -- memory, streams, events -------------------------------------------------------------
+    def _new_handle(self, function, what: str, *args) -> int:
+        """Call a CUDA function whose first argument receives a pointer (allocation, stream, event)."""
+        handle = ctypes.c_void_p()
+        self.check(function(ctypes.byref(handle), *args), what)
+        return int(handle.value or 0)
+
+    def _release(self, function, handle: int, what: str) -> None:
+        if handle:
+            self.check(function(handle), what)
+
     def malloc(self, nbytes: int) -> int:
-        pointer = ctypes.c_void_p()
-        self.check(self.lib.cudaMalloc(ctypes.byref(pointer), max(int(nbytes), 1)), f"cudaMalloc({nbytes} bytes)")
-        return int(pointer.value or 0)
+        return self._new_handle(self.lib.cudaMalloc, f"cudaMalloc({nbytes} bytes)", max(int(nbytes), 1))
 
     def free(self, pointer: int) -> None:
-        if pointer:
-            self.check(self.lib.cudaFree(pointer), "cudaFree")
+        self._release(self.lib.cudaFree, pointer, "cudaFree")
 
     def memcpy_htod_async(self, device: int, host: int, nbytes: int, stream: int) -> None:
         self.check(self.lib.cudaMemcpyAsync(device, host, nbytes, HOST_TO_DEVICE, stream), "cudaMemcpyAsync (host to device)")
@@ -155,25 +162,19 @@ class CudaRuntime:
         self.check(self.lib.cudaMemcpyAsync(host, device, nbytes, DEVICE_TO_HOST, stream), "cudaMemcpyAsync (device to host)")
 
     def stream_create(self) -> int:
-        stream = ctypes.c_void_p()
-        self.check(self.lib.cudaStreamCreate(ctypes.byref(stream)), "cudaStreamCreate")
-        return int(stream.value or 0)
+        return self._new_handle(self.lib.cudaStreamCreate, "cudaStreamCreate")
 
     def stream_destroy(self, stream: int) -> None:
-        if stream:
-            self.check(self.lib.cudaStreamDestroy(stream), "cudaStreamDestroy")
+        self._release(self.lib.cudaStreamDestroy, stream, "cudaStreamDestroy")
 
     def stream_synchronize(self, stream: int) -> None:
         self.check(self.lib.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
 
     def event_create(self) -> int:
-        event = ctypes.c_void_p()
-        self.check(self.lib.cudaEventCreate(ctypes.byref(event)), "cudaEventCreate")
-        return int(event.value or 0)
+        return self._new_handle(self.lib.cudaEventCreate, "cudaEventCreate")
 
     def event_destroy(self, event: int) -> None:
-        if event:
-            self.check(self.lib.cudaEventDestroy(event), "cudaEventDestroy")
+        self._release(self.lib.cudaEventDestroy, event, "cudaEventDestroy")
 
     def event_record(self, event: int, stream: int) -> None:
         self.check(self.lib.cudaEventRecord(event, stream), "cudaEventRecord")
