@@ -31,8 +31,9 @@ def main() -> None:
     model = create_model("resnet50_ACD", num_classes=1000, dim=128).eval()
     checkpoint = save_checkpoint(out / "r50.pt", model, arch="resnet50_ACD", input_size=224)
     onnx_path = export_onnx(checkpoint, out / "r50.onnx", image_size=224).path
-    built = build(onnx_path, BuildOptions(precision="int8", calib=REPO / "calibration" / "digits", calib_size=64,
-                                          backend="onnxruntime", out=out / "r50.int8.cpu.onnx"))
+    built = build(
+        onnx_path, BuildOptions(precision="int8", calib=REPO / "calibration" / "digits", calib_size=64, backend="onnxruntime", out=out / "r50.int8.cpu.onnx")
+    )
     print(f"wrote {checkpoint}, {onnx_path}, {built.precision_onnx}, {built.ort_optimized}")
 
 

@@ -9,18 +9,21 @@ warning when the spread is too high to trust.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from dropcov_deploy.backends import artifact_kind
+from dropcov_deploy.backends import DeviceTimed, Runner, open_runner
 from dropcov_deploy.errors import InputError
+from dropcov_deploy.manifest import BatchRange, Manifest, artifact_kind
 
 MIN_ITERATIONS = 20
 STABLE_WINDOW = 10
@@ -101,7 +104,8 @@ def summarize(samples: list[float]) -> dict[str, float]:
     }
 
 
-def _torch_runner(checkpoint: Path, device: str, threads: int | None):
+def _torch_timer(checkpoint: Path, device: str, threads: int | None):
+    """PyTorch eager, the baseline: a maker of timed calls per batch, and what the checkpoint says."""
     import torch
 
     from dropcov_deploy.models import load_checkpoint_with_info
@@ -125,44 +129,38 @@ def _torch_runner(checkpoint: Path, device: str, threads: int | None):
     return make, loaded.info
 
 
-def _artifact_runner(path: Path, device: str, threads: int | None):
-    from dropcov_deploy.backends import open_runner
+def _runner_timer(runner: Runner) -> tuple[Callable[[np.ndarray], Callable[[], float | None]], str]:
+    """A maker of timed calls for an artifact's runner: device time where the runner can measure
+    it (TensorRT: CUDA events around the engine alone), else the host's wall clock around `infer`."""
+    if isinstance(runner, DeviceTimed):
+        return runner.device_timer, runner.device_timing
 
-    runner = open_runner(path, device, threads)
-    if artifact_kind(path) == "tensorrt":
-        def make(batch: np.ndarray) -> Callable[[], float]:
-            runner(batch)  # copies inputs to the device, sets shapes
-
-            def run() -> float:
-                return runner.infer_device_only()
-
-            return run
-
-        return make, "GPU compute (CUDA events)"
-
-    def make_ort(batch: np.ndarray) -> Callable[[], None]:
+    def make(batch: np.ndarray) -> Callable[[], None]:
         feeds = {runner.input_names[0]: np.ascontiguousarray(batch)}
 
         def run() -> None:
-            runner.session.run(runner.output_names, feeds)
+            runner.infer(feeds)
 
         return run
 
-    return make_ort, "host wall clock (ONNX Runtime run is synchronous)"
+    return make, runner.timing
 
 
-def _batch_fits(manifest: dict[str, Any] | None, batch_size: int) -> bool:
-    limits = (manifest or {}).get("input", {}).get("batch", {})
-    if not limits:
-        return True
-    return limits.get("min", 1) <= batch_size <= (limits.get("max") or batch_size)
+@dataclass
+class _Subject:
+    backend: str
+    artifact: str
+    precision: str
+    make: Callable[[np.ndarray], Callable[[], float | None]]
+    timing: str
+    batch: BatchRange | None = None
 
 
 def bench(
-    artifacts: list[str | Path],
+    artifacts: Sequence[str | Path],
     *,
     checkpoint: Path | None = None,
-    batch_sizes: list[int] = (1, 8, 32),
+    batch_sizes: Sequence[int] = (1, 8, 32),
     device: str = "cpu",
     threads: int | None = None,
     warmup_s: float = 1.0,
@@ -170,8 +168,6 @@ def bench(
     progress: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
     """Time PyTorch eager (when given a checkpoint) and every artifact at each batch size."""
-    from dropcov_deploy.manifest import artifact_manifest
-
     if device not in ("cpu", "cuda"):
         raise InputError(f"--device {device!r}: use cpu or cuda")
     if not batch_sizes or min(batch_sizes) < 1:
@@ -183,35 +179,51 @@ def bench(
         if not path.exists():
             raise InputError(f"{path}: no such file")
         artifact_kind(path)
-    manifests = {path: artifact_manifest(path) for path in paths}
-    shapes = {tuple(m["input"]["shape"][1:]) for m in manifests.values()}
-    subjects: list[tuple[str, str, str, Callable, str, dict | None]] = []
+    manifests = {path: Manifest.read(path) for path in paths}
+    specs = {path: manifests[path].require_input(path) for path in paths}
+    shapes = {spec.image_shape for spec in specs.values()}
+    subjects: list[_Subject] = []
     image_shape = None
     if checkpoint is not None:
-        make, info = _torch_runner(Path(checkpoint), device, threads)
+        make, info = _torch_timer(Path(checkpoint), device, threads)
         size = info.resolved_preprocessing().crop
         image_shape = (3, size, size)
-        subjects.append(("torch", str(checkpoint), "fp32", make, "host wall clock" + (" + cuda.synchronize" if device == "cuda" else ""), None))
+        subjects.append(_Subject("torch", str(checkpoint), "fp32", make, "host wall clock" + (" + cuda.synchronize" if device == "cuda" else "")))
     if image_shape is None:
         if len(shapes) != 1:
             raise InputError(f"artifacts take different input shapes {sorted(shapes)}; bench them separately")
-        image_shape = tuple(int(d) for d in next(iter(shapes)))
-    for path in paths:
-        if tuple(manifests[path]["input"]["shape"][1:]) != image_shape:
-            raise InputError(f"{path}: takes input {manifests[path]['input']['shape'][1:]}, others take {list(image_shape)}")
-        make, clock = _artifact_runner(path, device, threads)
-        backend = "tensorrt" if artifact_kind(path) == "tensorrt" else f"onnxruntime-{device}"
-        subjects.append((backend, str(path), manifests[path].get("precision", "fp32"), make, clock, manifests[path]))
+        image_shape = next(iter(shapes))
+    with contextlib.ExitStack() as runners:
+        for path in paths:
+            if specs[path].image_shape != image_shape:
+                raise InputError(f"{path}: takes input {list(specs[path].image_shape)}, others take {list(image_shape)}")
+            runner = runners.enter_context(open_runner(path, device, threads))
+            make, timing = _runner_timer(runner)
+            subjects.append(_Subject(runner.backend, str(path), manifests[path].precision.value, make, timing, specs[path].batch))
+        results = _measure_all(subjects, batch_sizes, image_shape, warmup_s, max_time_s, progress)
+    baseline = {r.batch_size: r.latency_ms["p50"] for r in results if r.backend == "torch"}
+    for result in results:
+        if result.batch_size in baseline:
+            result.speedup_vs_torch = baseline[result.batch_size] / result.latency_ms["p50"]
+    return {
+        "machine": machine_info(device),
+        "settings": {"warmup_s": warmup_s, "max_time_s": max_time_s, "threads": threads, "batch_sizes": list(batch_sizes)},
+        "results": [asdict(r) for r in results],
+    }
 
+
+def _measure_all(
+    subjects: list[_Subject], batch_sizes: Sequence[int], image_shape: tuple[int, ...], warmup_s: float, max_time_s: float, progress: Callable[[str], None]
+) -> list[BenchResult]:
     results: list[BenchResult] = []
     rng = np.random.default_rng(0)
     for batch_size in batch_sizes:
         batch = rng.standard_normal((batch_size, *image_shape), dtype=np.float32)  # prepared outside the timed region
-        for backend, artifact, precision, make, clock, manifest in subjects:
-            if not _batch_fits(manifest, batch_size):
+        for subject in subjects:
+            if subject.batch is not None and not subject.batch.fits(batch_size):
                 continue
-            progress(f"{backend} {Path(artifact).name} batch {batch_size}")
-            samples, stable = measure(make(batch), warmup_s, max_time_s)
+            progress(f"{subject.backend} {Path(subject.artifact).name} batch {batch_size}")
+            samples, stable = measure(subject.make(batch), warmup_s, max_time_s)
             latency = summarize(samples)
             cv = latency["std"] / latency["mean"] if latency["mean"] else 0.0
             warnings = []
@@ -219,64 +231,19 @@ def bench(
                 warnings.append(f"coefficient of variation {cv:.2f} > {HIGH_CV}: timings unstable (other load? too few iterations?)")
             if not stable:
                 warnings.append(f"median not stable within --max-time {max_time_s} s")
-            results.append(BenchResult(backend, artifact, precision, batch_size, latency, batch_size * 1000.0 / latency["p50"],
-                                       len(samples), cv, stable, timing=clock, warnings=warnings))
-    baseline = {r.batch_size: r.latency_ms["p50"] for r in results if r.backend == "torch"}
-    for result in results:
-        if result.batch_size in baseline:
-            result.speedup_vs_torch = baseline[result.batch_size] / result.latency_ms["p50"]
-    return {"machine": machine_info(device), "settings": {"warmup_s": warmup_s, "max_time_s": max_time_s, "threads": threads,
-                                                          "batch_sizes": list(batch_sizes)},
-            "results": [asdict(r) for r in results]}
-
-
-def plot_bench(report: dict[str, Any], path: Path) -> Path:
-    """Latency (p50) and throughput against batch size, one line per backend and artifact."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from dropcov_deploy.atomic import atomic_write
-
-    series: dict[str, list[dict[str, Any]]] = {}
-    for r in report["results"]:
-        series.setdefault(f"{r['backend']} {r['precision']} {Path(r['artifact']).name}", []).append(r)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for label, rows in series.items():
-        rows = sorted(rows, key=lambda r: r["batch_size"])
-        sizes = [r["batch_size"] for r in rows]
-        left.plot(sizes, [r["latency_ms"]["p50"] for r in rows], marker="o", label=label)
-        right.plot(sizes, [r["throughput"] for r in rows], marker="o", label=label)
-    for axis, title, unit in ((left, "latency (p50)", "ms"), (right, "throughput", "images/s")):
-        axis.set_xscale("log", base=2)
-        axis.set_xlabel("batch size")
-        axis.set_ylabel(unit)
-        axis.set_title(title)
-        axis.grid(alpha=0.3)
-    right.legend(fontsize=7)
-    fig.suptitle(report["machine"].get("cpu", ""), fontsize=9)
-    fig.tight_layout()
-    atomic_write(Path(path), lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
-    return Path(path)
-
-
-def render_bench(report: dict[str, Any]) -> None:
-    from rich.markup import escape
-    from rich.table import Table
-
-    from dropcov_deploy.console import err, out
-
-    table = Table(title=f"bench on {escape(str(report['machine'].get('cpu', '')))} ({report['machine']['device']})")
-    for column in ("backend", "artifact", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "std", "img/s", "iters", "vs torch"):
-        table.add_column(column, justify="right" if column not in ("backend", "artifact", "precision") else "left")
-    for r in report["results"]:
-        lat = r["latency_ms"]
-        table.add_row(r["backend"], escape(Path(r["artifact"]).name), r["precision"], str(r["batch_size"]), f"{lat['p50']:.2f}",
-                      f"{lat['p90']:.2f}", f"{lat['p99']:.2f}", f"{lat['mean']:.2f}", f"{lat['std']:.2f}", f"{r['throughput']:.1f}",
-                      str(r["iterations"]), "-" if r["speedup_vs_torch"] is None else f"{r['speedup_vs_torch']:.2f}x")
-    out.print(table)
-    for r in report["results"]:
-        for warning in r["warnings"]:
-            err.print(f"[yellow]warning:[/] {escape(r['backend'])} {escape(Path(r['artifact']).name)} batch {r['batch_size']}: {escape(warning)}", highlight=False)
+            results.append(
+                BenchResult(
+                    subject.backend,
+                    subject.artifact,
+                    subject.precision,
+                    batch_size,
+                    latency,
+                    batch_size * 1000.0 / latency["p50"],
+                    len(samples),
+                    cv,
+                    stable,
+                    timing=subject.timing,
+                    warnings=warnings,
+                )
+            )
+    return results

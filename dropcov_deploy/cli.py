@@ -13,7 +13,9 @@ from typing import Optional
 import typer
 
 from dropcov_deploy import __version__
-from dropcov_deploy.errors import DropCovError
+from dropcov_deploy.backends import DEFAULT_TARGET, TARGETS
+from dropcov_deploy.errors import EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, DropCovError
+from dropcov_deploy.precision import Precision
 
 app = typer.Typer(
     name="dropcov-deploy",
@@ -49,13 +51,14 @@ def models_command(
     json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """List the architectures with parameter counts and default reduction width d."""
-    from dropcov_deploy.model_table import architecture_rows, render_architecture_table
+    from dropcov_deploy import render
+    from dropcov_deploy.model_table import architecture_rows
 
     rows = architecture_rows()
     if json_out:
         _print_json(rows)
     else:
-        render_architecture_table(rows)
+        render.architecture_table(rows)
 
 
 @app.command("demo")
@@ -64,25 +67,13 @@ def demo_command(
     epochs: int = typer.Option(10, "--epochs", help="Training epochs on digits."),
 ) -> None:
     """Run the whole chain on bundled data: train, export, build FP16/INT8, verify, bench, report."""
-    from dropcov_deploy.console import out as console
+    from dropcov_deploy import render
     from dropcov_deploy.console import step
     from dropcov_deploy.demo import run_demo
 
-    result = run_demo(out, epochs=epochs, step=step)
-    from rich.markup import escape
-
-    from dropcov_deploy.bench import render_bench
-    from dropcov_deploy.reports import render_verify
-
-    render_verify(result.verify)
-    render_bench(result.bench)
-    console.print(
-        f"backend    {escape(result.backend_note)}\n"
-        f"checkpoint {result.checkpoint}\nONNX       {result.onnx}\nreport     {result.report}\n"
-        f"plots      {result.plot}, {result.bench_plot}\n"
-        f"verify     {'PASS' if result.passed else 'FAIL'} ({result.out / 'verify.json'})\n"
-        f"time       " + ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())
-    )
+    with render.TrainProgressBars() as progress:
+        result = run_demo(out, epochs=epochs, step=step, progress=progress)
+    render.demo_summary(result)
     if not result.passed:
         from dropcov_deploy.errors import GateFailed
 
@@ -119,21 +110,29 @@ def train_command(
         except ValueError:
             raise typer.BadParameter(f"--width takes comma-separated integers, got {width!r}") from None
     config = TrainConfig(
-        arch=arch, data=data, dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr,
-        weight_decay=weight_decay, dim=dim, image_size=image_size, widths=widths, out=out,
-        resume=resume, seed=seed, workers=workers, heads=heads,
+        arch=arch,
+        data=data,
+        dataset=dataset,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        dim=dim,
+        image_size=image_size,
+        widths=widths,
+        out=out,
+        resume=resume,
+        seed=seed,
+        workers=workers,
+        heads=heads,
         pretrained_backbone=str(backbone_weights) if backbone_weights else pretrained_backbone,
     )
-    result = train(config)
-    if result.history and _is_main_process():
-        from dropcov_deploy.console import out as console
+    from dropcov_deploy import render
 
-        final = result.history[-1]
-        console.print(
-            f"best val accuracy {result.best_accuracy:.4f}; last epoch {final.epoch}: val {final.val_accuracy:.4f}, "
-            f"{final.images_per_second:.0f} img/s on {result.world_size} process(es)\n"
-            f"best: {result.best_path}\nlast: {result.last_path}"
-        )
+    with render.TrainProgressBars() as progress:
+        result = train(config, progress=progress)
+    if result.history and _is_main_process():
+        render.train_summary(result)
 
 
 def _is_main_process() -> bool:
@@ -154,7 +153,7 @@ def export_command(
     json_out: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
 ) -> None:
     """Export the inference graph (dropout folded away) to ONNX, with a manifest."""
-    from dropcov_deploy.console import out as console
+    from dropcov_deploy import render
     from dropcov_deploy.console import step
     from dropcov_deploy.export import export_onnx
 
@@ -162,23 +161,17 @@ def export_command(
     if json_out:
         _print_json(result.manifest)
         return
-    parity = result.manifest["parity"]
-    verdict = (
-        f"parity {parity['max_relative_error']:.1e} relative (tolerance {parity['tolerance']:.0e})"
-        if parity.get("checked")
-        else "parity not checked"
-    )
-    console.print(f"wrote [bold]{result.path}[/] and {result.manifest_path.name} in {result.seconds:.1f} s; {verdict}")
+    render.export_summary(result)
 
 
 @app.command("build")
 def build_command(
     model: Path = typer.Argument(..., help="The FP32 ONNX written by `dropcov-deploy export`."),
-    precision: str = typer.Option("fp16", "--precision", "-p", help="fp32, fp16 or int8."),
+    precision: str = typer.Option(Precision.FP16.value, "--precision", "-p", help=f"{', '.join(Precision.choices())}."),
     calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration images (folder) or preprocessed .npy/.npz; required for fp16 and int8."),
     calib_size: int = typer.Option(512, "--calib-size", help="At most this many calibration inputs (a fixed, seeded subset)."),
     calib_method: str = typer.Option("entropy", "--calib-method", help="entropy, max or percentile (percentile: CPU target only)."),
-    backend: str = typer.Option("onnxruntime", "--backend", "-b", help="onnxruntime (CPU) or tensorrt (GPU)."),
+    backend: str = typer.Option(DEFAULT_TARGET, "--backend", "-b", help=f"{' or '.join(TARGETS)}: the target the artifacts are built for."),
     batch: str = typer.Option("1:8:32", "--batch", help="TensorRT optimization profile MIN:OPT:MAX for the batch axis."),
     workspace: Optional[float] = typer.Option(None, "--workspace", help="TensorRT workspace limit in GiB."),
     timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="TensorRT timing cache, read and written."),
@@ -188,38 +181,28 @@ def build_command(
     json_out: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
 ) -> None:
     """Build FP16 / INT8 artifacts: the precision ONNX, then an ORT-optimized model or a TensorRT engine."""
+    from dropcov_deploy import render
     from dropcov_deploy.build import BuildOptions, build
-    from dropcov_deploy.console import out as console
     from dropcov_deploy.console import step
 
     options = BuildOptions(
-        precision=precision, calib=calib, calib_size=calib_size, calib_method=calib_method, backend=backend, batch=batch,
-        workspace_gib=workspace, timing_cache=timing_cache, out=out, fc=fc, high_precision=high_precision,
+        precision=precision,
+        calib=calib,
+        calib_size=calib_size,
+        calib_method=calib_method,
+        backend=backend,
+        batch=batch,
+        workspace_gib=workspace,
+        timing_cache=timing_cache,
+        out=out,
+        fc=fc,
+        high_precision=high_precision,
     )
     result = build(model, options, step=step)
     if json_out:
-        _print_json(result.manifest)
+        _print_json(result.manifest.to_dict())
         return
-    details = result.manifest.get("precision_details", {})
-    check = details.get("check", {})
-    summary = [f"wrote [bold]{result.precision_onnx}[/] ({precision}, {'from cache' if result.cached else 'built'}) in {result.seconds:.1f} s"]
-    if check:
-        summary.append(
-            f"on {result.manifest['calibration']['images']} calibration images: top-1 agreement with FP32 {check['top1_agreement']:.4f}"
-            + (f", accuracy {check['accuracy']:.4f} (FP32 {check['reference_accuracy']:.4f})" if "accuracy" in check else "")
-        )
-    if "fc" in details:
-        summary.append(f"fc: {details['fc']['why']}")
-    for op_type, numbers in details.get("sensitive_ops", {}).items():
-        summary.append(
-            f"{op_type}: {numbers['fp16_nodes']}/{numbers['nodes']} nodes in FP16, max relative error {numbers['max_relative_error']:.1e} "
-            f"vs FP32, largest input {numbers['max_abs_input']:.3g}, {numbers['nonfinite']} non-finite"
-        )
-    if result.ort_optimized:
-        summary.append(f"ONNX Runtime-optimized model: {result.ort_optimized}")
-    if result.engine:
-        summary.append(f"TensorRT engine: {result.engine}")
-    console.print("\n".join(summary), highlight=False)
+    render.build_summary(result)
 
 
 @app.command("verify")
@@ -237,13 +220,13 @@ def verify_command(
     json_out: bool = typer.Option(False, "--json", help="Print the JSON report instead of a table."),
 ) -> None:
     """Parity of every artifact against the PyTorch model: metrics, chain attribution, gates (exit 1 on failure)."""
+    from dropcov_deploy import render
     from dropcov_deploy.console import step
     from dropcov_deploy.errors import GateFailed
-    from dropcov_deploy.reports import junit_xml, render_verify, write_json, write_text
+    from dropcov_deploy.reports import junit_xml, write_json, write_text
     from dropcov_deploy.verify import verify
 
-    result = verify(checkpoint, list(artifacts), data=data, random=random, batch_size=batch_size, gates_file=gates,
-                    locate=locate, device=device, step=step)
+    result = verify(checkpoint, list(artifacts), data=data, random=random, batch_size=batch_size, gates_file=gates, locate=locate, device=device, step=step)
     data_out = result.to_dict()
     if report:
         write_json(report, data_out)
@@ -252,10 +235,11 @@ def verify_command(
     if json_out:
         _print_json(data_out)
     else:
-        render_verify(data_out)
+        render.verify_table(data_out)
     if not result.passed:
-        failed = [f"{Path(a['path']).name}: " + ", ".join(n for n, g in a["gates"].items() if g["passed"] is False)
-                  for a in data_out["artifacts"] if not a["passed"]]
+        failed = [
+            f"{Path(a['path']).name}: " + ", ".join(n for n, g in a["gates"].items() if g["passed"] is False) for a in data_out["artifacts"] if not a["passed"]
+        ]
         raise GateFailed("verification failed: " + "; ".join(failed))
 
 
@@ -273,17 +257,26 @@ def bench_command(
     json_out: bool = typer.Option(False, "--json", help="Print the JSON report instead of a table."),
 ) -> None:
     """Latency percentiles and throughput per backend and batch size, with speed-up against PyTorch."""
-    from dropcov_deploy.bench import bench, plot_bench, render_bench
+    from dropcov_deploy import render
+    from dropcov_deploy.bench import bench
     from dropcov_deploy.console import err
-    from dropcov_deploy.reports import write_json
+    from dropcov_deploy.reports import plot_bench, write_json
 
     try:
         sizes = [int(s) for s in batch_sizes.split(",") if s.strip()]
     except ValueError:
         raise typer.BadParameter(f"--batch-sizes takes integers like 1,8,32, got {batch_sizes!r}") from None
     with err.status("benchmarking ...") as status:
-        result = bench(list(artifacts), checkpoint=checkpoint, batch_sizes=sizes, device=device, threads=threads,
-                       warmup_s=warmup, max_time_s=max_time, progress=lambda text: status.update(f"benchmarking {text} ..."))
+        result = bench(
+            list(artifacts),
+            checkpoint=checkpoint,
+            batch_sizes=sizes,
+            device=device,
+            threads=threads,
+            warmup_s=warmup,
+            max_time_s=max_time,
+            progress=lambda text: status.update(f"benchmarking {text} ..."),
+        )
     if report:
         write_json(report, result)
     if plot:
@@ -291,7 +284,7 @@ def bench_command(
     if json_out:
         _print_json(result)
     else:
-        render_bench(result)
+        render.bench_table(result)
 
 
 @app.command("predict")
@@ -309,13 +302,9 @@ def predict_command(
     if json_out:
         _print_json(results)
         return
-    from rich.markup import escape
+    from dropcov_deploy import render
 
-    from dropcov_deploy.console import out as console
-
-    for result in results:
-        ranked = ", ".join(f"{escape(t['name'])} {t['probability']:.3f}" for t in result["top"])
-        console.print(f"{escape(result['image'])}: {ranked}", highlight=False)
+    render.predictions(results)
 
 
 @app.command("inspect")
@@ -325,23 +314,37 @@ def inspect_command(
     json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Show what an artifact holds and where it came from."""
-    from dropcov_deploy import inspection
+    from dropcov_deploy import inspection, render
 
     description = inspection.describe(artifact, arch)
     if json_out:
         _print_json(description)
     else:
-        inspection.render(description)
+        render.inspection(description)
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """How main maps an exception: a DropCovError to one line and its exit code, an interrupt
+    to 130, anything else (a bug) to its traceback and 70, never 1 (which means "a gate failed")."""
+    if isinstance(exc, DropCovError):
+        from dropcov_deploy.console import fail
+
+        fail(str(exc))
+        return exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    import traceback
+
+    traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    print(f"error: unexpected {type(exc).__name__} (a bug in dropcov-deploy; please report it with the traceback above)", file=sys.stderr)
+    return EXIT_INTERNAL_ERROR
 
 
 def main() -> None:
     """Console-script entry point: user errors become one line and an exit code."""
     try:
         app()
-    except DropCovError as exc:
-        from dropcov_deploy.console import fail
-
-        fail(str(exc))
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    except BaseException as exc:  # noqa: BLE001 - SystemExit passes through below
+        if isinstance(exc, SystemExit):
+            raise
+        sys.exit(exit_code_for(exc))

@@ -1,8 +1,10 @@
 """`dropcov-deploy demo`: the whole chain on bundled data, in minutes, on a laptop CPU.
 
-Train the compact DropCov ResNet on scikit-learn's digits, export it, evaluate every
-artifact on the held-out calibration images, and write a report. Steps that are not
-built yet are listed as missing, never faked.
+Train the compact DropCov ResNet on scikit-learn's digits, export it, build FP16 and INT8
+for the best target this machine has (TensorRT with a GPU, else ONNX Runtime, and it says
+which), verify every artifact on the held-out images in calibration/digits, benchmark
+them against PyTorch, and write a Markdown report with plots. Returns data; the CLI
+renders it.
 """
 
 from __future__ import annotations
@@ -10,10 +12,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
+from typing import TYPE_CHECKING, Any
 
 from dropcov_deploy.steps import StepReporter, quiet_step
+
+if TYPE_CHECKING:
+    from dropcov_deploy.train import TrainProgress
 
 DEMO_ARCH = "resnet10_compact_ACD"
 DEMO_EPOCHS = 10
@@ -55,21 +59,21 @@ def calibration_folder(out: Path) -> Path:
 
 
 def build_artifacts(onnx_path: Path, calibration: Path, step: StepReporter) -> tuple[list[Path], str]:
-    """FP16 and INT8 for the backend this machine has: TensorRT engines on a GPU, else ONNX Runtime."""
-    from dropcov_deploy.backends.tensorrt import tensorrt_status
+    """FP16 and INT8 for the target this machine has: TensorRT engines on a GPU, else ONNX Runtime."""
+    from dropcov_deploy.backends import preferred_target
     from dropcov_deploy.build import BuildOptions, build
+    from dropcov_deploy.precision import Precision
 
-    available, reason = tensorrt_status()
-    backend = "tensorrt" if available else "onnxruntime"
-    note = f"TensorRT: {reason}" if available else f"ONNX Runtime on the CPU (no TensorRT engine: {reason})"
+    target, reason = preferred_target()
+    note = f"TensorRT: {reason}" if target.accelerated else f"ONNX Runtime on the CPU (no TensorRT engine: {reason})"
     artifacts = [onnx_path]
-    for precision in ("fp16", "int8"):
-        result = build(onnx_path, BuildOptions(precision=precision, calib=calibration, backend=backend), step=step)
+    for precision in (Precision.FP16, Precision.INT8):
+        result = build(onnx_path, BuildOptions(precision=precision, calib=calibration, backend=target.name), step=step)
         artifacts += [result.precision_onnx] + ([result.engine] if result.engine is not None else [])
     return artifacts, note
 
 
-def run_demo(out: Path, epochs: int = DEMO_EPOCHS, step: StepReporter = quiet_step, show_progress: bool = True) -> DemoResult:
+def run_demo(out: Path, epochs: int = DEMO_EPOCHS, step: StepReporter = quiet_step, progress: TrainProgress | None = None) -> DemoResult:
     from dropcov_deploy.export import export_onnx
     from dropcov_deploy.reports import plot_training
     from dropcov_deploy.train import TrainConfig, train
@@ -79,7 +83,7 @@ def run_demo(out: Path, epochs: int = DEMO_EPOCHS, step: StepReporter = quiet_st
     seconds: dict[str, float] = {}
 
     started = time.perf_counter()
-    trained = train(TrainConfig(arch=DEMO_ARCH, dataset="digits", epochs=epochs, out=out / "model.pt"), show_progress=show_progress)
+    trained = train(TrainConfig(arch=DEMO_ARCH, dataset="digits", epochs=epochs, out=out / "model.pt"), progress=progress)
     seconds["train"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -91,8 +95,8 @@ def run_demo(out: Path, epochs: int = DEMO_EPOCHS, step: StepReporter = quiet_st
     artifacts, backend_note = build_artifacts(exported.path, calibration, step)
     seconds["build"] = time.perf_counter() - started
 
-    from dropcov_deploy.bench import bench, plot_bench
-    from dropcov_deploy.reports import write_json
+    from dropcov_deploy.bench import bench
+    from dropcov_deploy.reports import plot_bench, write_json
     from dropcov_deploy.verify import verify
 
     started = time.perf_counter()
@@ -110,9 +114,18 @@ def run_demo(out: Path, epochs: int = DEMO_EPOCHS, step: StepReporter = quiet_st
 
     plot = plot_training(trained.history, out / "training.png")
     result = DemoResult(
-        out=out, checkpoint=trained.best_path, onnx=exported.path, report=out / "report.md", plot=plot,
-        calibration=calibration, val_accuracy=trained.best_accuracy, verify=verified, bench=timed, bench_plot=bench_png,
-        seconds=seconds, backend_note=backend_note,
+        out=out,
+        checkpoint=trained.best_path,
+        onnx=exported.path,
+        report=out / "report.md",
+        plot=plot,
+        calibration=calibration,
+        val_accuracy=trained.best_accuracy,
+        verify=verified,
+        bench=timed,
+        bench_plot=bench_png,
+        seconds=seconds,
+        backend_note=backend_note,
     )
     write_report(result, trained.history, exported.manifest)
     return result
@@ -121,28 +134,64 @@ def run_demo(out: Path, epochs: int = DEMO_EPOCHS, step: StepReporter = quiet_st
 def write_report(result: DemoResult, history: list[Any], manifest: dict[str, Any]) -> Path:
     from dropcov_deploy.reports import markdown_table, write_text
 
-    verify_rows = [["PyTorch (eager, FP32)", Path(result.verify["reference"]["checkpoint"]).name, "torch", "fp32",
-                    f"{result.verify['reference'].get('accuracy', 0):.4f}", "1.0000", "-", "-", "0", "reference"]]
+    verify_rows = [
+        [
+            "PyTorch (eager, FP32)",
+            Path(result.verify["reference"]["checkpoint"]).name,
+            "torch",
+            "fp32",
+            f"{result.verify['reference'].get('accuracy', 0):.4f}",
+            "1.0000",
+            "-",
+            "-",
+            "0",
+            "reference",
+        ]
+    ]
     for a in result.verify["artifacts"]:
         m = a["metrics"]
         failed = [n for n, g in a["gates"].items() if g["passed"] is False]
-        verify_rows.append([Path(a["path"]).name, Path(a["path"]).name, a["backend"], a["precision"], f"{m['accuracy']:.4f}",
-                            f"{m['top1_agreement']:.4f}", f"{m['relative_error']:.1e}", f"{m['cosine_min']:.5f}", m["nonfinite"],
-                            "pass" if a["passed"] else "FAIL: " + ", ".join(failed)])
-    bench_rows = [[r["backend"], Path(r["artifact"]).name, r["precision"], r["batch_size"], f"{r['latency_ms']['p50']:.2f}",
-                   f"{r['latency_ms']['p90']:.2f}", f"{r['latency_ms']['p99']:.2f}", f"{r['throughput']:.0f}", r["iterations"],
-                   "-" if r["speedup_vs_torch"] is None else f"{r['speedup_vs_torch']:.2f}x"] for r in result.bench["results"]]
+        verify_rows.append(
+            [
+                Path(a["path"]).name,
+                Path(a["path"]).name,
+                a["backend"],
+                a["precision"],
+                f"{m['accuracy']:.4f}",
+                f"{m['top1_agreement']:.4f}",
+                f"{m['relative_error']:.1e}",
+                f"{m['cosine_min']:.5f}",
+                m["nonfinite"],
+                "pass" if a["passed"] else "FAIL: " + ", ".join(failed),
+            ]
+        )
+    bench_rows = [
+        [
+            r["backend"],
+            Path(r["artifact"]).name,
+            r["precision"],
+            r["batch_size"],
+            f"{r['latency_ms']['p50']:.2f}",
+            f"{r['latency_ms']['p90']:.2f}",
+            f"{r['latency_ms']['p99']:.2f}",
+            f"{r['throughput']:.0f}",
+            r["iterations"],
+            "-" if r["speedup_vs_torch"] is None else f"{r['speedup_vs_torch']:.2f}x",
+        ]
+        for r in result.bench["results"]
+    ]
     text = "\n\n".join(
         [
             "# dropcov-deploy demo",
-            f"Model: `{DEMO_ARCH}` (d = {manifest['dim']}) trained on scikit-learn's digits, "
-            f"best validation accuracy {result.val_accuracy:.4f}.",
+            f"Model: `{DEMO_ARCH}` (d = {manifest['dim']}) trained on scikit-learn's digits, best validation accuracy {result.val_accuracy:.4f}.",
             f"Backend: {result.backend_note}.",
             "## Verify",
             f"Every artifact against the PyTorch model on {result.verify['samples']} held-out images in `{result.calibration}` "
             f"(never used for training or model selection); gates per precision. Overall: {'PASS' if result.passed else 'FAIL'}.",
-            markdown_table(["artifact", "file", "backend", "precision", "held-out accuracy", "top-1 agreement", "max rel. error",
-                            "min cosine", "non-finite", "gates"], verify_rows),
+            markdown_table(
+                ["artifact", "file", "backend", "precision", "held-out accuracy", "top-1 agreement", "max rel. error", "min cosine", "non-finite", "gates"],
+                verify_rows,
+            ),
             "## Bench",
             f"On {result.bench['machine'].get('cpu', '?')}, {result.bench['machine']['device']}; warm-up by time, "
             f"then until the median is stable or {BENCH_MAX_TIME_S:.0f} s per cell. Latency in ms.",
@@ -152,8 +201,18 @@ def write_report(result: DemoResult, history: list[Any], manifest: dict[str, Any
             f"![training curves]({result.plot.name})",
             markdown_table(
                 ["epoch", "train loss", "train acc", "val loss", "val acc", "drop rate", "img/s"],
-                [[h.epoch, f"{h.train_loss:.4f}", f"{h.train_accuracy:.4f}", f"{h.val_loss:.4f}", f"{h.val_accuracy:.4f}",
-                  "-" if h.drop_rate is None else f"{h.drop_rate:.3f}", f"{h.images_per_second:.0f}"] for h in history],
+                [
+                    [
+                        h.epoch,
+                        f"{h.train_loss:.4f}",
+                        f"{h.train_accuracy:.4f}",
+                        f"{h.val_loss:.4f}",
+                        f"{h.val_accuracy:.4f}",
+                        "-" if h.drop_rate is None else f"{h.drop_rate:.3f}",
+                        f"{h.images_per_second:.0f}",
+                    ]
+                    for h in history
+                ],
             ),
             "## Time",
             "\n".join(f"- {name}: {value:.1f} s" for name, value in result.seconds.items()),

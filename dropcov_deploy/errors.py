@@ -1,22 +1,32 @@
 """Errors a user can cause, each mapped to the CLI's exit code.
 
-The CLI prints these as one line (no traceback); anything else is a bug and keeps
-its traceback.
+Exit codes (the README's table): 0 success, 1 a verification gate failed (the CI
+signal), 2 bad input, 3 a backend is missing on this machine (TensorRT, CUDA,
+ModelOpt), 4 a backend failed while it ran (a CUDA or TensorRT error at run time),
+70 an unexpected error (a bug: printed with its traceback), 130 interrupted.
+The CLI prints a DropCovError as one line (no traceback).
 """
 
 from __future__ import annotations
+
+EXIT_GATE_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_BACKEND_MISSING = 3
+EXIT_BACKEND_FAILED = 4
+EXIT_INTERNAL_ERROR = 70  # EX_SOFTWARE (sysexits.h): never 1, which means "a gate failed"
+EXIT_INTERRUPTED = 130
 
 
 class DropCovError(Exception):
     """Base class: a problem with the user's input or environment, not a bug."""
 
-    exit_code = 2
+    exit_code = EXIT_BAD_INPUT
 
 
 class InputError(DropCovError):
     """A missing, corrupt or unsuitable file or option (exit code 2)."""
 
-    exit_code = 2
+    exit_code = EXIT_BAD_INPUT
 
 
 class CheckpointError(InputError):
@@ -26,10 +36,22 @@ class CheckpointError(InputError):
 class GateFailed(DropCovError):
     """A verification gate failed (exit code 1): the CI signal."""
 
-    exit_code = 1
+    exit_code = EXIT_GATE_FAILED
 
 
 class BackendUnavailable(DropCovError):
-    """A backend (TensorRT, CUDA) is missing on this machine (exit code 3)."""
+    """A backend (TensorRT, CUDA, ModelOpt) is missing on this machine (exit code 3)."""
 
-    exit_code = 3
+    exit_code = EXIT_BACKEND_MISSING
+
+
+class BackendFailed(DropCovError):
+    """A backend that is present failed while it ran: a CUDA call, an engine execution (exit code 4)."""
+
+    exit_code = EXIT_BACKEND_FAILED
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none): our errors are one line."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

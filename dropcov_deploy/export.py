@@ -3,23 +3,25 @@
 Eval mode is what folds the training-only branch away: ECA and the adaptive dropout
 are skipped in `ResNetACD.forward_head` (the traced graph holds only reduce ->
 covariance -> triu Gather -> fc), the token mask and P's dropout in `DropCovViT`
-(wr -> centring -> q^T k -> flatten -> visual_fc, plus cls_fc). Everything is staged and published
-atomically: a failed check or parity test leaves no file behind.
+(wr -> centring -> q^T k -> flatten -> visual_fc, plus cls_fc). What differs per model
+family (graph rules, manifest fields, texts) is asked of its `ModelFamily`. Everything is
+staged and published atomically: a failed check or parity test leaves no file behind.
 """
 
 from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from dropcov_deploy import manifest as manifests
-from dropcov_deploy import onnx_graph
+from dropcov_deploy import onnx_io
 from dropcov_deploy.atomic import check_writable, staged
 from dropcov_deploy.errors import InputError
 from dropcov_deploy.metrics import relative_error
@@ -31,10 +33,9 @@ PARITY_TOLERANCE = 1e-4
 MAX_DYNAMIC_BATCH = 4096
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
-# Training-only or fallback ops. Softmax is ECA's (training only) in a ResNet, attention's in a ViT.
+# Training-only or fallback ops no exported graph may hold; a family adds its own
+# (`ModelFamily.forbidden_ops`: the resnet family's Softmax is ECA's, training only).
 FORBIDDEN_OPS = ("NonZero", "Trilu", "PythonOp", "ATen", "GatherND", "Dropout", "Bernoulli", "RandomUniformLike", "RandomNormalLike")
-FORBIDDEN_OPS_BY_FAMILY = {"resnet": FORBIDDEN_OPS + ("Softmax",), "vit": FORBIDDEN_OPS}
-
 
 
 @dataclass
@@ -123,8 +124,10 @@ def trace_to_onnx(model, image_size: int, opset: int, batch: int | None):
             optimize=True,
             verbose=False,
         )
+    if program is None:  # dynamo=True always returns a program; a None would be a torch bug
+        raise RuntimeError("torch.onnx.export returned no program")
     proto = program.model_proto
-    onnx_graph.fold_constant_reshapes(proto)
+    onnx_io.fold_constant_reshapes(proto)
     if batch is None:  # name the symbolic batch axis the same on input and output
         for value in (proto.graph.input[0], proto.graph.output[0]):
             value.type.tensor_type.shape.dim[0].dim_param = "batch"
@@ -153,7 +156,14 @@ def check_parity(model, onnx_path: Path, image_size: int, batch_sizes: list[int]
     return ParityResult(passed=worst <= tolerance, max_relative_error=worst, tolerance=tolerance, batch_sizes=batch_sizes)
 
 
+def _family(info):
+    from dropcov_deploy.models.registry import get_family
+
+    return get_family(info.family)
+
+
 def build_manifest(info, *, image_size: int, opset: int, batch: int | None, onnx_path: Path) -> dict[str, Any]:
+    family = _family(info)
     spatial = [image_size, image_size]
     batch_dim: Any = "batch" if batch is None else batch
     return {
@@ -164,7 +174,7 @@ def build_manifest(info, *, image_size: int, opset: int, batch: int | None, onnx
         "arch": info.arch,
         "family": info.family,
         "dim": info.dim,
-        **({"heads": info.heads} if info.family == "vit" else {}),
+        **family.manifest_fields(info),
         "num_classes": info.num_classes,
         "class_names": info.class_names,
         "input": {
@@ -176,9 +186,7 @@ def build_manifest(info, *, image_size: int, opset: int, batch: int | None, onnx
         "output": {"name": OUTPUT_NAME, "shape": [batch_dim, info.num_classes], "dtype": "float32"},
         "preprocessing": info.resolved_preprocessing().to_dict(),
         "opset": opset,
-        "exporter": "torch.onnx (dynamo), eval mode: " + (
-            "token mask and covariance dropout folded away" if info.family == "vit" else "ECA and adaptive dropout folded away"
-        ),
+        "exporter": f"torch.onnx (dynamo), eval mode: {family.exporter_note}",
         "source": {
             "checkpoint": str(info.path),
             "format": info.source_format,
@@ -232,14 +240,14 @@ def export_onnx(
 
     with staged(out) as stage:
         staged_onnx = stage / out.name
-        head = f"heads={info.heads}, r={info.dim}" if info.family == "vit" else f"d={info.dim}"
+        head = _family(info).describe_head(info.dim, info.heads)
         with step(f"exporting {info.arch} ({head}, {size}x{size}, opset {opset})"):
             proto = trace_to_onnx(model, size, opset, fixed_batch)
         manifest = build_manifest(info, image_size=size, opset=opset, batch=fixed_batch, onnx_path=out)
-        onnx_graph.set_metadata(proto, manifests.metadata_props(manifest))
+        onnx_io.set_metadata(proto, manifests.Manifest.from_dict(manifest).metadata_props())
         with step("checking the graph (onnx.checker, shape inference, op rules)"):
-            onnx_graph.save(proto, staged_onnx)
-            onnx_graph.check(staged_onnx)
+            onnx_io.save(proto, staged_onnx)
+            onnx_io.check(staged_onnx)
             problems = graph_rule_violations(proto, info)
             if problems:
                 raise InputError(f"{checkpoint}: exported graph breaks the inference-graph rules: {'; '.join(problems)}")
@@ -256,29 +264,14 @@ def export_onnx(
             manifest["parity"] = {"checked": False}
         manifest["sha256"] = manifests.sha256_file(staged_onnx)
         manifest["files"] = sorted(p.name for p in stage.iterdir())
-        manifests.write_manifest(stage / manifests.sidecar_path(out).name, manifest)
+        manifests.write_json_file(stage / manifests.sidecar_path(out).name, manifest)
     return ExportResult(path=out, manifest_path=manifests.sidecar_path(out), manifest=manifest, seconds=time.perf_counter() - started)
 
 
 def graph_rule_violations(proto, info) -> list[str]:
-    """The inference-graph rules: no training or fallback ops; the covariance head where expected
-    (ResNet: triu as one constant Gather; ViT: the q^T k product feeding a heads*r*r visual_fc)."""
-    ops = [node.op_type for node in proto.graph.node]
-    problems = [f"has {op} nodes" for op in FORBIDDEN_OPS_BY_FAMILY[info.family] if op in ops]
-    if info.family == "vit":
-        expected = info.heads * info.dim * info.dim
-        try:
-            fc = onnx_graph.fc_node(proto)
-        except InputError as exc:
-            return [*problems, str(exc)]
-        weights = {t.name: list(t.dims) for t in proto.graph.initializer}
-        if expected not in weights.get(fc.input[1], []):
-            problems.append(f"the covariance feeds {fc.name}, whose weight {weights.get(fc.input[1])} does not take {expected} values")
-        return problems
-    dim = info.dim
-    initializers = {t.name: t for t in proto.graph.initializer}
-    gathers = [n for n in proto.graph.node if n.op_type == "Gather"]
-    triu = [n for n in gathers if n.input[1] in initializers and list(initializers[n.input[1]].dims) == [dim * (dim + 1) // 2]]
-    if len(triu) != 1:
-        problems.append(f"expected one Gather with a constant {dim * (dim + 1) // 2}-entry index, found {len(triu)}")
-    return problems
+    """The inference-graph rules: no training or fallback ops (ours and the family's), and the
+    family's own rules on where the covariance head is (`ModelFamily.graph_rules`)."""
+    family = _family(info)
+    ops = {node.op_type for node in proto.graph.node}
+    problems = [f"has {op} nodes" for op in FORBIDDEN_OPS + family.forbidden_ops if op in ops]
+    return problems + family.graph_rules(proto, info)

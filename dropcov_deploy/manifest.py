@@ -1,39 +1,53 @@
-"""Provenance records: a JSON manifest beside every artifact, key fields inside it too.
+"""Provenance records: the contract between every stage, one typed reader and writer.
 
-The sidecar (`model.onnx.json`) holds everything; the ONNX `metadata_props` hold the
-key fields under `dropcov.*` keys, so a model that lost its sidecar still says what
-it is. Reading prefers the sidecar. No torch here: the runtime path reads manifests.
+A JSON sidecar (`model.onnx.json`) beside every artifact holds everything; the ONNX
+`metadata_props` hold the key fields under `dropcov.*` keys, so a model that lost its
+sidecar still says what it is. `Manifest.read` prefers the sidecar. Later artifacts
+derive their manifest from the one they were made from (`for_precision`,
+`for_engine`) instead of rebuilding it. No torch, onnx or numpy at import: the
+runtime path reads manifests on an edge board.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
 import platform
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dropcov_deploy import __version__
 from dropcov_deploy.atomic import atomic_write
 from dropcov_deploy.errors import InputError
+from dropcov_deploy.precision import Precision
 
 MANIFEST_FORMAT = "dropcov-deploy/manifest/1"
 METADATA_PREFIX = "dropcov."
 # Fields copied into the ONNX metadata_props (values JSON-encoded).
-METADATA_FIELDS = (
-    "arch",
-    "dim",
-    "num_classes",
-    "class_names",
-    "precision",
-    "input",
-    "output",
-    "preprocessing",
-    "opset",
-    "source",
-    "versions",
-)
+METADATA_FIELDS = ("arch", "dim", "num_classes", "class_names", "precision", "input", "output", "preprocessing", "opset", "source", "versions")
+
+# Artifact kinds, as manifests record them, and the file suffixes that say which a file is.
+ONNX = "onnx"
+TENSORRT_ENGINE = "tensorrt-engine"
+ONNX_SUFFIXES = (".onnx",)
+ENGINE_SUFFIXES = (".plan", ".engine", ".trt")
+# What a later artifact does not inherit from the one it was made from: its own file's facts.
+PER_FILE_FIELDS = ("sha256", "parity", "files", "created", "artifact")
+# What an engine carries over from its precision ONNX: the model and its I/O.
+MODEL_FIELDS = ("arch", "family", "dim", "heads", "num_classes", "class_names", "preprocessing", "output", "source", "target")
+
+
+def artifact_kind(path: Path) -> str:
+    """ONNX or TENSORRT_ENGINE, by suffix; anything else is not an artifact we run."""
+    suffix = Path(path).suffix.lower()
+    if suffix in ONNX_SUFFIXES:
+        return ONNX
+    if suffix in ENGINE_SUFFIXES:
+        return TENSORRT_ENGINE
+    raise InputError(f"{path}: not an artifact we can run (expected .onnx or a TensorRT .plan/.engine)")
 
 
 def sha256_file(path: Path) -> str:
@@ -64,28 +78,6 @@ def library_versions(*modules: str) -> dict[str, str]:
     return versions
 
 
-def write_manifest(path: Path, manifest: dict[str, Any]) -> Path:
-    text = json.dumps(manifest, indent=2, sort_keys=False) + "\n"
-    return atomic_write(Path(path), lambda tmp: tmp.write_text(text))
-
-
-def metadata_props(manifest: dict[str, Any]) -> dict[str, str]:
-    props = {f"{METADATA_PREFIX}{key}": json.dumps(manifest[key]) for key in METADATA_FIELDS if key in manifest}
-    props[f"{METADATA_PREFIX}format"] = json.dumps(MANIFEST_FORMAT)
-    return props
-
-
-def manifest_from_metadata(props: dict[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in props.items():
-        if key.startswith(METADATA_PREFIX):
-            try:
-                out[key[len(METADATA_PREFIX):]] = json.loads(value)
-            except json.JSONDecodeError:
-                out[key[len(METADATA_PREFIX):]] = value
-    return out
-
-
 def read_json_object(path: Path, what: str) -> dict[str, Any]:
     """A JSON object from `path`, or one InputError line naming the file and the problem."""
     try:
@@ -97,25 +89,231 @@ def read_json_object(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
-def read_manifest(artifact: Path) -> dict[str, Any] | None:
-    """The sidecar manifest of `artifact`, or None when there is none."""
-    sidecar = sidecar_path(Path(artifact))
-    if not sidecar.exists():
+def write_json_file(path: Path, data: dict[str, Any]) -> Path:
+    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
+    return atomic_write(Path(path), lambda tmp: tmp.write_text(text))
+
+
+# ------------------------------------------------------------------ the typed record
+@dataclass
+class BatchRange:
+    """The batch sizes an artifact accepts."""
+
+    dynamic: bool = True
+    min: int = 1
+    max: int | None = None
+
+    def fits(self, batch_size: int) -> bool:
+        return self.min <= batch_size <= (self.max or batch_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dynamic": self.dynamic, "min": self.min, "max": self.max}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BatchRange:
+        return cls(dynamic=bool(data.get("dynamic", True)), min=int(data.get("min", 1)), max=data.get("max"))
+
+
+@dataclass
+class InputSpec:
+    """The model's one input: name, shape (batch first, a name when dynamic), dtype, batch range."""
+
+    name: str = "input"
+    shape: list[Any] = field(default_factory=list)
+    dtype: str = "float32"
+    batch: BatchRange | None = None
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width): everything after the batch axis."""
+        channels, height, width = (int(d) for d in self.shape[1:4])
+        return channels, height, width
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        if self.batch is not None:
+            data["batch"] = self.batch.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> InputSpec:
+        batch = data.get("batch")
+        return cls(
+            name=str(data.get("name", "input")),
+            shape=list(data.get("shape") or []),
+            dtype=str(data.get("dtype", "float32")),
+            batch=BatchRange.from_dict(batch) if isinstance(batch, dict) and batch else None,
+        )
+
+
+# Typed fields in the order they are written; every other field lives in `extra`, in its own order.
+_TYPED = (
+    "format",
+    "kind",
+    "artifact",
+    "precision",
+    "arch",
+    "family",
+    "dim",
+    "heads",
+    "num_classes",
+    "class_names",
+    "input",
+    "output",
+    "preprocessing",
+    "target",
+    "sha256",
+)
+
+
+@dataclass
+class Manifest:
+    """What an artifact is and where it came from. Fields every stage reads are typed; the rest
+    (provenance, precision details, engine facts) is kept in `extra` exactly as written."""
+
+    kind: str = ONNX
+    precision: Precision = Precision.FP32
+    arch: str | None = None
+    family: str | None = None
+    dim: int | None = None
+    heads: int | None = None
+    num_classes: int | None = None
+    class_names: list[str] | None = None
+    input: InputSpec | None = None
+    output: dict[str, Any] | None = None
+    preprocessing: dict[str, Any] | None = None
+    target: str | None = None
+    artifact: str | None = None
+    sha256: str | None = None
+    format: str = MANIFEST_FORMAT
+    extra: dict[str, Any] = field(default_factory=dict)
+    origin: str = "new"  # where it was read from: "sidecar", "metadata_props" or "new"
+
+    # -- reading ---------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], origin: str = "new") -> Manifest:
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra", "origin"}
+        values: dict[str, Any] = {k: v for k, v in data.items() if k in known}
+        if "precision" in values:
+            values["precision"] = Precision.parse(values["precision"], "manifest precision")
+        if isinstance(values.get("family"), str):  # older manifests say "vit" for today's "xcov"
+            from dropcov_deploy.models.families import canonical_family
+
+            values["family"] = canonical_family(values["family"])
+        if isinstance(values.get("input"), dict):
+            values["input"] = InputSpec.from_dict(values["input"])
+        elif "input" in values:
+            values["input"] = None
+        return cls(**values, extra={k: v for k, v in data.items() if k not in known}, origin=origin)
+
+    @classmethod
+    def from_metadata(cls, props: dict[str, str]) -> Manifest:
+        data: dict[str, Any] = {}
+        for key, value in props.items():
+            if key.startswith(METADATA_PREFIX):
+                try:
+                    data[key[len(METADATA_PREFIX) :]] = json.loads(value)
+                except json.JSONDecodeError:
+                    data[key[len(METADATA_PREFIX) :]] = value
+        return cls.from_dict(data, origin="metadata_props")
+
+    @classmethod
+    def find(cls, path: Path) -> Manifest | None:
+        """The artifact's manifest: its sidecar, else (ONNX) its dropcov.* metadata_props; None when neither says anything."""
+        path = Path(path)
+        sidecar = sidecar_path(path)
+        if sidecar.exists():
+            return cls.from_dict(read_json_object(sidecar, "manifest"), origin="sidecar")
+        if path.suffix.lower() in ONNX_SUFFIXES:
+            from dropcov_deploy import onnx_io
+
+            proto = onnx_io.load(path, load_external_data=False)
+            found = cls.from_metadata({p.key: p.value for p in proto.metadata_props})
+            return found if found.to_dict(include_format=False) != {"kind": ONNX, "precision": "fp32"} else None
         return None
-    return read_json_object(sidecar, "manifest")
 
+    @classmethod
+    def read(cls, path: Path) -> Manifest:
+        """`find`, or one InputError line when the artifact has no manifest at all."""
+        found = cls.find(path)
+        if found is None:
+            raise InputError(f"{path}: no manifest beside it ({sidecar_path(Path(path)).name}); cannot tell its precision and input")
+        return found
 
-def artifact_manifest(path: Path) -> dict[str, Any]:
-    """An artifact's manifest: the sidecar, else (ONNX) the dropcov.* metadata_props."""
-    from dropcov_deploy.backends import artifact_kind
+    # -- writing ---------------------------------------------------------------------------
+    def to_dict(self, include_format: bool = True) -> dict[str, Any]:
+        data: dict[str, Any] = {}
+        for name in _TYPED:
+            value = getattr(self, name)
+            if name == "format" and not include_format:
+                continue
+            if value is None and not (name == "class_names" and self.num_classes is not None):
+                continue
+            if name == "precision":
+                value = value.value
+            elif name == "input":
+                value = value.to_dict()
+            data[name] = value
+        data.update(self.extra)
+        return data
 
-    path = Path(path)
-    data = read_manifest(path)
-    if data is None and artifact_kind(path) == "onnx":
-        from dropcov_deploy import onnx_graph
+    def write(self, path: Path) -> Path:
+        """Write the sidecar at `path` atomically."""
+        return write_json_file(path, self.to_dict())
 
-        proto = onnx_graph.load(path, load_external_data=False)
-        data = manifest_from_metadata({p.key: p.value for p in proto.metadata_props})
-    if not data:
-        raise InputError(f"{path}: no manifest beside it ({sidecar_path(path).name}); cannot tell its precision and input")
-    return data
+    def metadata_props(self) -> dict[str, str]:
+        data = self.to_dict()
+        props = {f"{METADATA_PREFIX}{key}": json.dumps(data[key]) for key in METADATA_FIELDS if key in data}
+        props[f"{METADATA_PREFIX}format"] = json.dumps(MANIFEST_FORMAT)
+        return props
+
+    # -- what stages ask ------------------------------------------------------------------
+    def get(self, key: str, default: Any = None) -> Any:
+        """Any field by name, typed or extra (as JSON would give it)."""
+        return self.to_dict().get(key, default)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.to_dict()[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.to_dict()
+
+    def require_input(self, path: Path) -> InputSpec:
+        if self.input is None or not self.input.shape:
+            raise InputError(f"{path}: no dropcov-deploy manifest (sidecar .json or dropcov.* metadata); export it with `dropcov-deploy export`")
+        return self.input
+
+    @property
+    def batch(self) -> BatchRange | None:
+        return self.input.batch if self.input is not None else None
+
+    # -- derivations ------------------------------------------------------------------------
+    def for_precision(self, *, artifact: str, precision: Precision, target: str, **provenance: Any) -> Manifest:
+        """The manifest of a precision ONNX built from this one: the model fields carried over,
+        this file's own facts (hash, parity, file list) dropped, `provenance` added in order."""
+        derived = dataclasses.replace(
+            self,
+            extra={k: v for k, v in self.extra.items() if k not in PER_FILE_FIELDS},
+            origin="new",
+            sha256=None,
+            artifact=artifact,
+            precision=precision,
+            target=target,
+            kind=ONNX,
+            input=dataclasses.replace(self.input) if self.input else None,
+        )
+        derived.extra.update(provenance)
+        return derived
+
+    def for_engine(self, *, precision: Precision, batch_min: int, batch_max: int, engine: dict[str, Any]) -> Manifest:
+        """The manifest of an engine built from this precision ONNX: the engine's own facts
+        (`engine`, in order) and the model fields verify, bench and predict need, with the
+        input's batch range narrowed to the engine's profile."""
+        carried = {k: v for k, v in self.to_dict().items() if k in MODEL_FIELDS}
+        spec = dataclasses.replace(
+            self.require_input(Path(self.artifact or "model.onnx")), batch=BatchRange(dynamic=batch_min != batch_max, min=batch_min, max=batch_max)
+        )
+        data = {"format": MANIFEST_FORMAT, "kind": TENSORRT_ENGINE, "precision": precision.value, **engine}
+        data.update({k: v for k, v in carried.items() if k not in data})
+        data["input"] = spec.to_dict()
+        return Manifest.from_dict(data)

@@ -25,39 +25,42 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def predict(artifact: str | Path, images: list[str | Path], top_k: int = 5, device: str = "cpu") -> list[dict[str, Any]]:
     """Top-k classes (names from the manifest) for each image."""
-    from dropcov_deploy.manifest import artifact_manifest
+    from dropcov_deploy.manifest import Manifest
 
     artifact = Path(artifact)
     if not artifact.exists():
         raise InputError(f"{artifact}: no such file")
     if not images:
         raise InputError("name at least one image")
-    manifest = artifact_manifest(artifact)
-    if "preprocessing" not in manifest:
+    manifest = Manifest.read(artifact)
+    if manifest.preprocessing is None:
         raise InputError(f"{artifact}: its manifest records no preprocessing")
-    prep = Preprocessing.from_dict(manifest["preprocessing"])
-    names = manifest.get("class_names")
+    prep = Preprocessing.from_dict(manifest.preprocessing)
+    names = manifest.class_names
     paths = [Path(p) for p in images]
     for path in paths:
         if not path.exists():
             raise InputError(f"{path}: no such image")
     batch = np.stack([preprocess(load_image(p), prep) for p in paths]).astype(np.float32)
-    limits = manifest.get("input", {}).get("batch", {})
-    runner = open_runner(artifact, device)
-    if limits and not limits.get("dynamic", True):
-        fixed = int(limits["max"])
-        chunks = [np.concatenate([batch[i : i + fixed], np.repeat(batch[-1:], max(0, fixed - len(batch[i : i + fixed])), 0)])
-                  for i in range(0, len(batch), fixed)]
-        logits = np.concatenate([runner(c) for c in chunks])[: len(batch)]
-    else:
-        logits = runner(batch)
+    limits = manifest.batch
+    with open_runner(artifact, device) as runner:
+        if limits is not None and not limits.dynamic and limits.max:
+            fixed = int(limits.max)
+            chunks = [
+                np.concatenate([batch[i : i + fixed], np.repeat(batch[-1:], max(0, fixed - len(batch[i : i + fixed])), 0)]) for i in range(0, len(batch), fixed)
+            ]
+            logits = np.concatenate([runner(c) for c in chunks])[: len(batch)]
+        else:
+            logits = runner(batch)
     probabilities = softmax(logits.astype(np.float64))
     k = min(top_k, probabilities.shape[1])
     results = []
     for path, row in zip(paths, probabilities):
         order = np.argsort(-row)[:k]
-        results.append({
-            "image": str(path),
-            "top": [{"class": int(i), "name": names[i] if names else str(int(i)), "probability": float(row[i])} for i in order],
-        })
+        results.append(
+            {
+                "image": str(path),
+                "top": [{"class": int(i), "name": names[i] if names else str(int(i)), "probability": float(row[i])} for i in order],
+            }
+        )
     return results

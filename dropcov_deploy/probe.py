@@ -8,12 +8,12 @@ outputs, so the tensors are appended as outputs of a temporary copy.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 
-from dropcov_deploy import onnx_graph
+from dropcov_deploy import onnx_io
 
 
 def expose(model, tensors: Iterable[str]) -> None:
@@ -41,7 +41,7 @@ def run_exposed(model, tensors: Iterable[str], batches: Iterable[np.ndarray]) ->
     expose(probe, tensors)
     with tempfile.TemporaryDirectory(prefix="dropcov-probe-") as tmp:
         path = Path(tmp) / "probe.onnx"
-        onnx_graph.save(probe, path)
-        runner = OnnxRuntimeRunner(path)
-        for batch in batches:
-            yield runner.infer({runner.input_names[0]: np.ascontiguousarray(batch, dtype=np.float32)})
+        onnx_io.save(probe, path)
+        with OnnxRuntimeRunner(path) as runner:
+            for batch in batches:
+                yield runner.infer({runner.input_names[0]: np.ascontiguousarray(batch, dtype=np.float32)})

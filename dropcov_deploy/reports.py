@@ -1,9 +1,13 @@
-"""Reports for people: Markdown tables and PNG plots (matplotlib, imported lazily)."""
+"""Report files: JSON, JUnit XML, Markdown tables and PNG plots (matplotlib, imported lazily).
+
+What the terminal shows (rich tables, progress) lives in the CLI's `render` module.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from dropcov_deploy.atomic import atomic_write
 
@@ -63,48 +67,43 @@ def junit_xml(report: dict[str, Any], suite: str = "dropcov-deploy verify") -> s
     cases = []
     failures = 0
     for artifact in report["artifacts"]:
-        failed = [f"{name}: {g['value']} (min {g.get('min', '-')}, max {g.get('max', '-')})"
-                  for name, g in artifact["gates"].items() if g["passed"] is False]
+        failed = [f"{name}: {g['value']} (min {g.get('min', '-')}, max {g.get('max', '-')})" for name, g in artifact["gates"].items() if g["passed"] is False]
         name = quoteattr(f"{artifact['path']} [{artifact['precision']}, {artifact['backend']}]")
         if failed:
             failures += 1
-            body = f'<failure message={quoteattr("; ".join(failed))}>{escape(chr(10).join(failed))}</failure>'
-            cases.append(f"  <testcase classname=\"verify\" name={name}>{body}</testcase>")
+            body = f"<failure message={quoteattr('; '.join(failed))}>{escape(chr(10).join(failed))}</failure>"
+            cases.append(f'  <testcase classname="verify" name={name}>{body}</testcase>')
         else:
-            cases.append(f"  <testcase classname=\"verify\" name={name}/>")
+            cases.append(f'  <testcase classname="verify" name={name}/>')
     header = f'<testsuite name={quoteattr(suite)} tests="{len(cases)}" failures="{failures}" errors="0" time="{report.get("seconds", 0):.3f}">'
     return "\n".join(['<?xml version="1.0" encoding="UTF-8"?>', header, *cases, "</testsuite>", ""])
 
 
-def render_verify(report: dict[str, Any]) -> None:
-    from rich.markup import escape
-    from rich.table import Table
+def plot_bench(report: dict[str, Any], path: Path) -> Path:
+    """Latency (p50) and throughput against batch size, one line per backend and artifact."""
+    import matplotlib
 
-    from dropcov_deploy.console import out
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-    table = Table(title=f"verify: {report['samples']} inputs, reference {escape(report['reference']['arch'])} (PyTorch FP32)")
-    for column in ("artifact", "precision", "backend", "rel. error", "cos min", "top-1", "top-5", "non-finite", "accuracy", "gates"):
-        table.add_column(column)
-    reference_accuracy = report["reference"].get("accuracy")
-    table.add_row("PyTorch (reference)", "fp32", "torch", "-", "-", "-", "-", "-",
-                  "-" if reference_accuracy is None else f"{reference_accuracy:.4f}", "")
-    for artifact in report["artifacts"]:
-        m = artifact["metrics"]
-        failed = [name for name, g in artifact["gates"].items() if g["passed"] is False]
-        verdict = "[green]pass[/]" if artifact["passed"] else "[red]FAIL: " + escape(", ".join(failed)) + "[/]"
-        table.add_row(
-            escape(Path(artifact["path"]).name), artifact["precision"], artifact["backend"], f"{m['relative_error']:.1e}",
-            f"{m['cosine_min']:.5f}", f"{m['top1_agreement']:.4f}", f"{m['top5_agreement']:.4f}", str(m["nonfinite"]),
-            "-" if m["accuracy"] is None else f"{m['accuracy']:.4f}", verdict,
-        )
-    out.print(table)
-    for artifact in report["artifacts"]:
-        if len(artifact["chain"]) > 1:
-            parts = "; ".join(f"{step}: rel {v.get('relative_error', 0):.1e}, top-1 {v.get('top1_agreement', 0):.4f}"
-                              for step, v in artifact["chain"].items())
-            out.print(f"[dim]chain {escape(Path(artifact['path']).name)}: {escape(parts)}[/]", highlight=False)
-        located = artifact.get("locate")
-        if located and located.get("supported"):
-            errors = ", ".join(f"{k} {v:.1e}" for k, v in located["relative_error"].items())
-            out.print(f"locate {escape(Path(artifact['path']).name)}: first diverging tensor [bold]{located['first_diverging_tensor']}[/] "
-                      f"(stage [bold]{located['stage']}[/]); relative error per stage: {errors}", highlight=False)
+    series: dict[str, list[dict[str, Any]]] = {}
+    for r in report["results"]:
+        series.setdefault(f"{r['backend']} {r['precision']} {Path(r['artifact']).name}", []).append(r)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for label, rows in series.items():
+        rows = sorted(rows, key=lambda r: r["batch_size"])
+        sizes = [r["batch_size"] for r in rows]
+        left.plot(sizes, [r["latency_ms"]["p50"] for r in rows], marker="o", label=label)
+        right.plot(sizes, [r["throughput"] for r in rows], marker="o", label=label)
+    for axis, title, unit in ((left, "latency (p50)", "ms"), (right, "throughput", "images/s")):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("batch size")
+        axis.set_ylabel(unit)
+        axis.set_title(title)
+        axis.grid(alpha=0.3)
+    right.legend(fontsize=7)
+    fig.suptitle(report["machine"].get("cpu", ""), fontsize=9)
+    fig.tight_layout()
+    atomic_write(Path(path), lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+    return Path(path)

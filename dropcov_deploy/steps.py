@@ -7,11 +7,12 @@ the CLI passes `console.step` (spinner, then a tick with the time), library user
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-from typing import Any, Callable, ContextManager
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
-StepReporter = Callable[[str], ContextManager[Any]]
+StepReporter = Callable[[str], AbstractContextManager[Any]]
 
 
-def quiet_step(_: str) -> ContextManager[Any]:
+def quiet_step(_: str) -> AbstractContextManager[Any]:
     return nullcontext()

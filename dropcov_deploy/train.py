@@ -1,9 +1,9 @@
 """Training DropCov models: one process, or DistributedDataParallel under torchrun.
 
-The DropCov path is active in training (ResNets: ECA + adaptive channel dropout; ViTs:
-the token mask and the covariance dropout). The recipes are the upstream ones: ResNets
-SGD (lr 0.05 here, momentum 0.9, weight decay 1e-4), ViTs AdamW (lr 1e-3, weight decay
-0.05, as DeiT), with a warm-up + cosine schedule per step. Each epoch is seeded from (seed, epoch), so a resumed run shuffles,
+The DropCov path is active in training (resnet family: ECA + adaptive channel dropout;
+xcov family: the token mask and the covariance dropout). Each family's `recipe` is the
+upstream one: ResNets SGD (lr 0.05 here, momentum 0.9, weight decay 1e-4), the token head
+AdamW (lr 1e-3, weight decay 0.05, as DeiT), with a warm-up + cosine schedule per step. Each epoch is seeded from (seed, epoch), so a resumed run shuffles,
 augments and drops exactly as an uninterrupted one. Rank 0 alone logs and saves; both
 the best and the last checkpoint are written atomically in our format.
 """
@@ -13,9 +13,10 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -30,15 +31,15 @@ class TrainConfig:
     dataset: str | None = None
     epochs: int = 15
     batch_size: int = 64
-    lr: float | None = None  # None: the family's recipe (see RECIPES)
+    lr: float | None = None  # None: the model family's recipe (ModelFamily.recipe)
     momentum: float = 0.9
     weight_decay: float | None = None
     warmup_epochs: float = 1.0
     dim: int | None = None
     image_size: int | None = None
     widths: Sequence[int] | None = None
-    heads: int | None = None  # ViT head
-    pretrained_backbone: bool | str = False  # ViT: timm's weights; True downloads, a path reads a local file
+    heads: int | None = None  # xcov family: the head's cross-covariance heads
+    pretrained_backbone: bool | str = False  # xcov family: timm's weights; True downloads, a path reads a local file
     out: Path = Path("runs/model.pt")
     resume: Path | None = None
     seed: int = 0
@@ -51,10 +52,6 @@ class TrainConfig:
             record[key] = str(record[key]) if record[key] is not None else None
         record["widths"] = list(self.widths) if self.widths else None
         return record
-
-
-# optimizer, lr, weight decay per family: upstream ResNet (SGD) and DeiT (AdamW) recipes
-RECIPES: dict[str, tuple[str, float, float]] = {"resnet": ("sgd", 0.05, 1e-4), "vit": ("adamw", 1e-3, 0.05)}
 
 
 @dataclass
@@ -192,6 +189,7 @@ def _load_data(config: TrainConfig) -> _Data:
         if config.dataset != "digits":
             raise InputError(f"--dataset {config.dataset!r} is unknown; bundled: digits")
         return _digits_data(config.image_size)
+    assert config.data is not None  # exactly one of the two, checked above
     return _folder_data(Path(config.data), config.image_size)
 
 
@@ -230,43 +228,44 @@ def _evaluate(model, loader, device) -> tuple[float, float]:
     return loss_sum / max(1, count), correct / max(1, count)
 
 
-def _progress(enabled: bool):
-    from contextlib import nullcontext
+class TrainProgress(Protocol):
+    """How training reports while it runs; the CLI draws progress bars, library callers get nothing."""
 
-    if not enabled:
-        return nullcontext(None)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    def epoch_started(self, epoch: int, epochs: int, batches: int) -> None: ...
 
-    from dropcov_deploy.console import err
+    def batch_done(self, loss: float, accuracy: float, images_per_second: float) -> None: ...
 
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[stats]}"),
-        TimeElapsedColumn(),
-        console=err,
-        transient=False,
-    )
+    def epoch_done(self, stats: EpochStats) -> None: ...
 
 
-def train(config: TrainConfig, show_progress: bool = True) -> TrainResult:
+class SilentProgress:
+    def epoch_started(self, epoch: int, epochs: int, batches: int) -> None:
+        pass
+
+    def batch_done(self, loss: float, accuracy: float, images_per_second: float) -> None:
+        pass
+
+    def epoch_done(self, stats: EpochStats) -> None:
+        pass
+
+
+def train(config: TrainConfig, progress: TrainProgress | None = None) -> TrainResult:
     """Train (or resume) a DropCov model; returns where the best and last checkpoints are."""
     import torch
     import torch.distributed as dist
 
     from dropcov_deploy.atomic import check_writable
-    from dropcov_deploy.models import get_arch
+    from dropcov_deploy.models import check_options, get_arch
 
     spec = get_arch(config.arch)
     if config.epochs < 1 or config.batch_size < 1 or (config.lr is not None and config.lr <= 0):
         raise InputError("--epochs and --batch-size must be positive and --lr above zero")
-    if config.widths is not None and (spec.family != "resnet" or len(config.widths) != 4):
-        raise InputError(f"--width takes four stage widths like 16,32,64,128 (ResNets only); got {list(config.widths)} for {spec.name}")
-    if config.pretrained_backbone and spec.family != "vit":
-        raise InputError(f"backbone weights are for ViTs (timm backbones); {spec.name} is a {spec.family}")
-    if config.heads is not None and (spec.family != "vit" or config.heads < 1):
-        raise InputError(f"--heads sizes a ViT head (a positive number); {spec.name} is a {spec.family}")
+    check_options(  # the options one model family takes: --width (resnet), backbone weights and --heads (xcov)
+        spec,
+        widths=list(config.widths) if config.widths is not None else None,
+        pretrained_backbone=config.pretrained_backbone or None,
+        heads=config.heads,
+    )
     out = Path(config.out)
     if not out.parent.exists() and not out.parent.is_file():
         out.parent.mkdir(parents=True, exist_ok=True)  # a new run folder
@@ -282,20 +281,19 @@ def train(config: TrainConfig, show_progress: bool = True) -> TrainResult:
             torch.set_num_threads(max(1, (os.cpu_count() or 2) // dist_env.world_size))
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     try:
-        return _train(config, spec, out, last, dist_env, device, show_progress and dist_env.is_main)
+        return _train(config, spec, out, last, dist_env, device, progress if progress is not None and dist_env.is_main else SilentProgress())
     finally:
         if dist_env.world_size > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _optimizer(model, family: str, config: TrainConfig):
-    """The family's recipe; --lr and --weight-decay override its numbers, not its optimizer."""
+def _optimizer(model, recipe, config: TrainConfig):
+    """The model family's `Recipe`; --lr and --weight-decay override its numbers, not its optimizer."""
     import torch
 
-    kind, lr, weight_decay = RECIPES[family]
-    lr = config.lr if config.lr is not None else lr
-    weight_decay = config.weight_decay if config.weight_decay is not None else weight_decay
-    if kind == "adamw":
+    lr = config.lr if config.lr is not None else recipe.lr
+    weight_decay = config.weight_decay if config.weight_decay is not None else recipe.weight_decay
+    if recipe.optimizer == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=config.momentum, weight_decay=weight_decay)
 
@@ -314,32 +312,37 @@ def _resume_state(path: Path, arch: str) -> dict[str, Any]:
     return record
 
 
-def _train(config, spec, out, last, dist_env, device, show_progress) -> TrainResult:
+def _train(config, spec, out, last, dist_env, device, progress: TrainProgress) -> TrainResult:
     import torch
     import torch.nn.functional as F
     from torch.utils.data import DataLoader, DistributedSampler
 
-    from dropcov_deploy.models import create_model, save_checkpoint
+    from dropcov_deploy.models import create_model, family_of, save_checkpoint
 
     torch.manual_seed(config.seed)
     data = _load_data(config)
     resume = _resume_state(Path(config.resume), spec.name) if config.resume else None
     dim = resume["dim"] if resume else (config.dim or spec.default_dim)
-    if spec.family == "vit":
-        heads = resume.get("heads") if resume else config.heads
-        model = create_model(spec.name, num_classes=len(data.class_names), dim=dim, heads=heads, image_size=data.image_size,
-                             pretrained_backbone=False if resume else config.pretrained_backbone).to(device)
-    else:
-        widths = resume.get("widths") if resume else config.widths
-        model = create_model(spec.name, num_classes=len(data.class_names), dim=dim, widths=widths).to(device)
+    # Each family takes the options it has (checked in train()) and ignores the others'.
+    model = create_model(
+        spec.name,
+        num_classes=len(data.class_names),
+        dim=dim,
+        widths=resume.get("widths") if resume else config.widths,
+        heads=resume.get("heads") if resume else config.heads,
+        image_size=data.image_size,
+        pretrained_backbone=False if resume else config.pretrained_backbone,
+    ).to(device)
     if resume:
         model.load_state_dict(resume["state_dict"])
     net = model
     if dist_env.world_size > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    optimizer = _optimizer(model, spec.family, config)
-    sampler = DistributedSampler(data.train, dist_env.world_size, dist_env.rank, shuffle=True, seed=config.seed) if dist_env.world_size > 1 else None
+    optimizer = _optimizer(model, family_of(spec).recipe, config)
+    sampler: DistributedSampler | None = (
+        DistributedSampler(data.train, dist_env.world_size, dist_env.rank, shuffle=True, seed=config.seed) if dist_env.world_size > 1 else None
+    )
     per_rank_batch = max(1, config.batch_size // dist_env.world_size)
     val_loader = DataLoader(data.val, batch_size=256, shuffle=False, num_workers=config.workers)
     steps_per_epoch = math.ceil(len(data.train) / (per_rank_batch * dist_env.world_size))
@@ -360,68 +363,84 @@ def _train(config, spec, out, last, dist_env, device, show_progress) -> TrainRes
 
     def save(path: Path, epoch: int, accuracy: float) -> None:
         save_checkpoint(
-            path, model, arch=spec.name, class_names=data.class_names, input_size=data.image_size,
-            preprocessing=data.preprocessing, epoch=epoch, accuracy=accuracy,
-            extra={"training": {
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "best_accuracy": max(best, accuracy), "history": [asdict(h) for h in history],
-                "config": config.to_record(), "world_size": dist_env.world_size,
-            }},
+            path,
+            model,
+            arch=spec.name,
+            class_names=data.class_names,
+            input_size=data.image_size,
+            preprocessing=data.preprocessing,
+            epoch=epoch,
+            accuracy=accuracy,
+            extra={
+                "training": {
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "best_accuracy": max(best, accuracy),
+                    "history": [asdict(h) for h in history],
+                    "config": config.to_record(),
+                    "world_size": dist_env.world_size,
+                }
+            },
         )
 
-    with _progress(show_progress) as progress:
-        for epoch in range(start_epoch, config.epochs):
-            torch.manual_seed(config.seed * 1000 + epoch * 10 + dist_env.rank)  # dropout masks
-            generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
-            if sampler is not None:
-                sampler.set_epoch(epoch)
-            loader = DataLoader(
-                data.train, batch_size=per_rank_batch, sampler=sampler, shuffle=sampler is None,
-                generator=generator if sampler is None else None, num_workers=config.workers, drop_last=False,
+    for epoch in range(start_epoch, config.epochs):
+        torch.manual_seed(config.seed * 1000 + epoch * 10 + dist_env.rank)  # dropout masks
+        generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        loader = DataLoader(
+            data.train,
+            batch_size=per_rank_batch,
+            sampler=sampler,
+            shuffle=sampler is None,
+            generator=generator if sampler is None else None,
+            num_workers=config.workers,
+            drop_last=False,
+        )
+        progress.epoch_started(epoch + 1, config.epochs, len(loader))
+        net.train()
+        started, seen, loss_sum, correct, rates = time.perf_counter(), 0, 0.0, 0, []
+        for images, labels in loader:
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            if data.augment == "shift":
+                images = _shift(images, generator)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                logits = net(images)
+                loss = F.cross_entropy(logits, labels)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            seen += len(labels)
+            loss_sum += loss.item() * len(labels)
+            correct += int((logits.argmax(1) == labels).sum())
+            rate_now = getattr(getattr(model, "channel_dropout", None), "last_rate", None)  # ResNets' adaptive rho
+            if rate_now is not None:
+                rates.append(rate_now)
+            progress.batch_done(loss_sum / seen, correct / seen, seen * dist_env.world_size / (time.perf_counter() - started))
+        seconds = time.perf_counter() - started
+        if dist_env.is_main:
+            val_loss, val_acc = _evaluate(model, val_loader, device)
+            stats = EpochStats(
+                epoch=epoch + 1,
+                train_loss=loss_sum / max(1, seen),
+                train_accuracy=correct / max(1, seen),
+                val_loss=val_loss,
+                val_accuracy=val_acc,
+                lr=float(scheduler.get_last_lr()[0]),
+                drop_rate=float(np.mean(rates)) if rates else None,
+                images_per_second=seen * dist_env.world_size / seconds,
+                seconds=seconds,
             )
-            task = progress.add_task(f"epoch {epoch + 1}/{config.epochs}", total=len(loader), stats="") if progress else None
-            net.train()
-            started, seen, loss_sum, correct, rates = time.perf_counter(), 0, 0.0, 0, []
-            for images, labels in loader:
-                images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-                if data.augment == "shift":
-                    images = _shift(images, generator)
-                with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                    logits = net(images)
-                    loss = F.cross_entropy(logits, labels)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                seen += len(labels)
-                loss_sum += loss.item() * len(labels)
-                correct += int((logits.argmax(1) == labels).sum())
-                rate_now = getattr(getattr(model, "channel_dropout", None), "last_rate", None)  # ResNets' adaptive rho
-                if rate_now is not None:
-                    rates.append(rate_now)
-                if progress:
-                    rate = seen * dist_env.world_size / (time.perf_counter() - started)
-                    progress.update(task, advance=1, stats=f"loss {loss_sum / seen:.3f}  acc {correct / seen:.3f}  {rate:.0f} img/s")
-            seconds = time.perf_counter() - started
-            if dist_env.is_main:
-                val_loss, val_acc = _evaluate(model, val_loader, device)
-                stats = EpochStats(
-                    epoch=epoch + 1, train_loss=loss_sum / max(1, seen), train_accuracy=correct / max(1, seen),
-                    val_loss=val_loss, val_accuracy=val_acc, lr=float(scheduler.get_last_lr()[0]),
-                    drop_rate=float(np.mean(rates)) if rates else None,
-                    images_per_second=seen * dist_env.world_size / seconds, seconds=seconds,
-                )
-                history.append(stats)
-                if progress:
-                    progress.update(task, stats=f"loss {stats.train_loss:.3f}  acc {stats.train_accuracy:.3f}  "
-                                    f"val {val_acc:.3f}  rho {stats.drop_rate or 0:.2f}  {stats.images_per_second:.0f} img/s")
-                if val_acc > best:
-                    best = val_acc
-                    save(out, epoch + 1, val_acc)
-                save(last, epoch + 1, val_acc)
-            if dist_env.world_size > 1:
-                import torch.distributed as dist
+            history.append(stats)
+            progress.epoch_done(stats)
+            if val_acc > best:
+                best = val_acc
+                save(out, epoch + 1, val_acc)
+            save(last, epoch + 1, val_acc)
+        if dist_env.world_size > 1:
+            import torch.distributed as dist
 
-                dist.barrier()
+            dist.barrier()
     return TrainResult(out, last, best, config.epochs, history, dist_env.world_size, start_epoch)

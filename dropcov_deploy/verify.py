@@ -10,6 +10,7 @@ name the first stage that diverges.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,17 +18,18 @@ from typing import Any
 import numpy as np
 
 from dropcov_deploy import gates as gate_rules
-from dropcov_deploy import manifest as manifests
-from dropcov_deploy import onnx_graph
-from dropcov_deploy.backends import artifact_kind, open_runner
+from dropcov_deploy import head_graph, onnx_io
+from dropcov_deploy.backends import Runner, open_runner
 from dropcov_deploy.errors import InputError
-from dropcov_deploy.steps import StepReporter, quiet_step
+from dropcov_deploy.manifest import ONNX, TENSORRT_ENGINE, Manifest, artifact_kind
 from dropcov_deploy.metrics import compare
+from dropcov_deploy.precision import Precision
+from dropcov_deploy.steps import StepReporter, quiet_step
 
 STAGES = ("backbone", "reduced", "covariance", "logits")
 STAGE_GROUP = {"backbone": "backbone", "reduced": "covariance", "covariance": "covariance", "logits": "fc"}
 # a stage "diverges" when its relative error passes this (per precision)
-LOCATE_TOLERANCE = {"fp32": 1e-4, "fp16": 5e-3, "int8": 5e-2}
+LOCATE_TOLERANCE = {Precision.FP32: 1e-4, Precision.FP16: 5e-3, Precision.INT8: 5e-2}
 
 
 @dataclass
@@ -42,8 +44,15 @@ class ArtifactResult:
     locate: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        data = {"path": str(self.path), "backend": self.backend, "precision": self.precision, "metrics": self.metrics,
-                "gates": self.gates, "passed": self.passed, "chain": self.chain}
+        data = {
+            "path": str(self.path),
+            "backend": self.backend,
+            "precision": self.precision,
+            "metrics": self.metrics,
+            "gates": self.gates,
+            "passed": self.passed,
+            "chain": self.chain,
+        }
         if self.locate is not None:
             data["locate"] = self.locate
         return data
@@ -61,8 +70,13 @@ class VerifyReport:
         return all(a.passed for a in self.artifacts)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"samples": self.samples, "reference": self.reference, "artifacts": [a.to_dict() for a in self.artifacts],
-                "passed": self.passed, "seconds": self.seconds}
+        return {
+            "samples": self.samples,
+            "reference": self.reference,
+            "artifacts": [a.to_dict() for a in self.artifacts],
+            "passed": self.passed,
+            "seconds": self.seconds,
+        }
 
 
 def _inputs(data: Path | None, random: int | None, info, image_size: int) -> tuple[np.ndarray, np.ndarray | None, str]:
@@ -75,6 +89,7 @@ def _inputs(data: Path | None, random: int | None, info, image_size: int) -> tup
             raise InputError(f"--random {random}: need at least one input")
         rng = np.random.default_rng(0)
         return rng.standard_normal((random, 3, image_size, image_size), dtype=np.float32), None, f"{random} seeded random inputs"
+    assert data is not None  # exactly one of data/random, checked above
     images = list_images(data)
     batch = load_batch(images.paths, info.resolved_preprocessing())
     labels = np.asarray(images.labels) if images.labels is not None else None
@@ -83,22 +98,22 @@ def _inputs(data: Path | None, random: int | None, info, image_size: int) -> tup
     return batch, labels, f"{len(batch)} images from {data}" + (" (labelled)" if labels is not None else "")
 
 
-def _run(runner, batch: np.ndarray, batch_size: int) -> np.ndarray:
+def _run(runner: Runner, batch: np.ndarray, batch_size: int) -> np.ndarray:
     return np.concatenate([runner(batch[i : i + batch_size]) for i in range(0, len(batch), batch_size)])
 
 
-def _check_fits(path: Path, manifest: dict[str, Any], image_size: int, batch_size: int) -> None:
-    shape = manifest.get("input", {}).get("shape")
+def _check_fits(path: Path, manifest: Manifest, image_size: int, batch_size: int) -> None:
+    shape = manifest.input.shape if manifest.input is not None else None
     if shape and list(shape[2:]) != [image_size, image_size]:
         raise InputError(f"{path}: takes {shape[2]}x{shape[3]} inputs, the checkpoint's preprocessing gives {image_size}x{image_size}")
-    limits = manifest.get("input", {}).get("batch", {})
-    if limits and not limits.get("dynamic", True) and batch_size != limits.get("max"):
-        raise InputError(f"{path}: fixed batch {limits.get('max')}; run verify with --batch-size {limits.get('max')}")
+    limits = manifest.batch
+    if limits is not None and not limits.dynamic and batch_size != limits.max:
+        raise InputError(f"{path}: fixed batch {limits.max}; run verify with --batch-size {limits.max}")
 
 
 def verify(
     checkpoint: str | Path,
-    artifacts: list[str | Path],
+    artifacts: Sequence[str | Path],
     *,
     data: Path | None = None,
     random: int | None = None,
@@ -124,7 +139,7 @@ def verify(
         if not path.exists():
             raise InputError(f"{path}: no such file")
         artifact_kind(path)
-    manifests_by_path = {path: manifests.artifact_manifest(path) for path in paths}
+    manifests_by_path = {path: Manifest.read(path) for path in paths}
 
     with step(f"loading {checkpoint}"):
         loaded = load_checkpoint_with_info(checkpoint)
@@ -136,34 +151,35 @@ def verify(
 
     with step(f"PyTorch reference on {described}"), torch.no_grad():
         reference = np.concatenate([loaded.model(torch.from_numpy(batch[i : i + batch_size])).numpy() for i in range(0, len(batch), batch_size)])
-    reference_summary: dict[str, Any] = {"backend": "torch", "precision": "fp32", "checkpoint": str(checkpoint), "arch": loaded.info.arch,
-                                         "inputs": described}
+    reference_summary: dict[str, Any] = {"backend": "torch", "precision": "fp32", "checkpoint": str(checkpoint), "arch": loaded.info.arch, "inputs": described}
     if labels is not None:
         reference_summary["accuracy"] = float((reference.argmax(1) == labels).mean())
 
     outputs: dict[Path, np.ndarray] = {}
+    backends: dict[Path, str] = {}
     for path in paths:
-        with step(f"running {path.name}"):
-            outputs[path] = _run(open_runner(path, device), batch, batch_size)
+        with step(f"running {path.name}"), open_runner(path, device) as runner:
+            outputs[path] = _run(runner, batch, batch_size)
+            backends[path] = runner.backend
 
-    fp32_onnx = next((p for p in paths if artifact_kind(p) == "onnx" and manifests_by_path[p].get("precision", "fp32") == "fp32"), None)
-    by_sha = {manifests_by_path[p].get("sha256"): p for p in paths if artifact_kind(p) == "onnx"}
+    kinds = {path: artifact_kind(path) for path in paths}
+    fp32_onnx = next((p for p in paths if kinds[p] == ONNX and manifests_by_path[p].precision is Precision.FP32), None)
+    by_sha = {manifests_by_path[p].sha256: p for p in paths if kinds[p] == ONNX}
     results = []
     for path in paths:
         manifest = manifests_by_path[path]
-        precision = manifest.get("precision", "fp32")
-        kind = artifact_kind(path)
+        precision = manifest.precision
         metrics = compare(outputs[path], reference, labels)
-        chain = {"export" if precision == "fp32" and kind == "onnx" else "vs_torch": _brief(metrics)}
-        if precision != "fp32" and fp32_onnx is not None:
+        chain = {"export" if precision is Precision.FP32 and kinds[path] == ONNX else "vs_torch": _brief(metrics)}
+        if precision is not Precision.FP32 and fp32_onnx is not None:
             chain["precision (vs FP32 ONNX)"] = _brief(compare(outputs[path], outputs[fp32_onnx], labels))
-        if kind == "tensorrt":
+        if kinds[path] == TENSORRT_ENGINE:
             source = by_sha.get(manifest.get("onnx_sha256"))
             if source is not None:
                 chain["engine (vs its precision ONNX)"] = _brief(compare(outputs[path], outputs[source], labels))
-        evaluated = gate_rules.evaluate(metrics, gates.get(precision, gates["fp32"]))
+        evaluated = gate_rules.evaluate(metrics, gates.get(precision, gates[Precision.FP32]))
         passed = all(g["passed"] is not False for g in evaluated.values())
-        result = ArtifactResult(path, "tensorrt" if kind == "tensorrt" else f"onnxruntime-{device}", precision, metrics, evaluated, passed, chain)
+        result = ArtifactResult(path, backends[path], precision.value, metrics, evaluated, passed, chain)
         if locate and not passed:
             with step(f"locating the first diverging stage of {path.name}"):
                 result.locate = locate_divergence(loaded.model, path, batch[: min(len(batch), 16)], precision)
@@ -180,12 +196,12 @@ def _brief(metrics: dict[str, Any]) -> dict[str, Any]:
 def stage_tensors(model) -> dict[str, str]:
     """The ONNX tensor names of the stages: what the head's first layer reads (ResNet: layer4's
     map; ViT: the visual tokens), the tensor the covariance is taken of, the product, logits."""
-    onnx_graph.ensure_node_names(model)
-    reduced = onnx_graph.block_input(model)
+    onnx_io.ensure_node_names(model)
+    reduced = head_graph.block_input(model)
     return {
-        "backbone": onnx_graph.layer_input(model, reduced),
+        "backbone": head_graph.layer_input(model, reduced),
         "reduced": reduced,
-        "covariance": onnx_graph.covariance_product(model).output[0],
+        "covariance": head_graph.covariance_product(model).output[0],
         "logits": model.graph.output[0].name,
     }
 
@@ -193,7 +209,7 @@ def stage_tensors(model) -> dict[str, str]:
 def _onnx_stages(path: Path, batch: np.ndarray) -> dict[str, np.ndarray]:
     from dropcov_deploy.probe import run_exposed
 
-    model = onnx_graph.load(path)
+    model = onnx_io.load(path)
     names = stage_tensors(model)
     values = next(run_exposed(model, names.values(), [batch]))
     return {stage: np.asarray(values[tensor], dtype=np.float64) for stage, tensor in names.items()}
@@ -207,15 +223,15 @@ def _torch_stages(model, batch: np.ndarray) -> dict[str, np.ndarray]:
     return {stage: stages[stage].double().numpy() for stage in STAGES}
 
 
-def locate_divergence(model, path: Path, batch: np.ndarray, precision: str) -> dict[str, Any]:
+def locate_divergence(model, path: Path, batch: np.ndarray, precision: str | Precision) -> dict[str, Any]:
     """Relative error per stage against PyTorch, and the first stage past the tolerance."""
     from dropcov_deploy.metrics import relative_error
 
-    if artifact_kind(path) != "onnx":
+    if artifact_kind(path) != ONNX:
         return {"supported": False, "why": "intermediate tensors are read from ONNX artifacts only; verify the engine's precision ONNX"}
     expected = _torch_stages(model, batch)
     actual = _onnx_stages(path, batch)
-    tolerance = LOCATE_TOLERANCE.get(precision, 1e-4)
+    tolerance = LOCATE_TOLERANCE[Precision.parse(precision)]
     errors = {stage: relative_error(actual[stage].reshape(expected[stage].shape), expected[stage]) for stage in STAGES}
     first = next((stage for stage in STAGES if errors[stage] > tolerance), None)
     return {

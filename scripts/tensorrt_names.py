@@ -1,7 +1,7 @@
 """Record the names the real TensorRT Python bindings export, from the wheels on PyPI.
 
 TensorRT cannot be imported on a machine without its libraries and a GPU, yet our
-backend (dropcov_deploy/backends/tensorrt.py) must work with TensorRT 10.x and 11.x.
+backend (dropcov_deploy/backends/tensorrt/) must work with TensorRT 10.x and 11.x.
 The bindings wheels (`tensorrt-cu12-bindings`, `tensorrt-cu13-bindings`) carry the
 compiled pybind11 module, and pybind11 registers every class, method, property and
 enum member by a C string literal: those literals sit in the module's `.rodata`
@@ -46,7 +46,17 @@ IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 TRAILING_IDENTIFIER = re.compile(r"[^A-Za-z0-9_]([A-Za-z_][A-Za-z0-9_]*)$")
 MIN_LENGTH = 3  # shorter NUL-terminated runs in .rodata are mostly binary noise
 # The wheels are built for one CPython and manylinux; pin them so any Python can fetch them.
-PIP_PLATFORM = ["--platform", "manylinux_2_17_x86_64", "--platform", "manylinux_2_28_x86_64", "--python-version", "3.11", "--implementation", "cp", "--only-binary=:all:"]
+PIP_PLATFORM = [
+    "--platform",
+    "manylinux_2_17_x86_64",
+    "--platform",
+    "manylinux_2_28_x86_64",
+    "--python-version",
+    "3.11",
+    "--implementation",
+    "cp",
+    "--only-binary=:all:",
+]
 
 
 def default_package(version: str) -> str:

@@ -1,3 +1,4 @@
+import json
 import sys
 from pathlib import Path
 
@@ -7,6 +8,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from reference import authors_state_dict  # noqa: E402
+
+# Fixtures that train a model: a test using one (directly or through another fixture) is slow.
+TRAINING_FIXTURES = {"trained_digits", "trained_vit"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """`-m "not slow"` must really leave out everything that trains: refuse an unmarked test that would."""
+    unmarked = [f"{item.nodeid} (uses {', '.join(sorted(TRAINING_FIXTURES & set(item.fixturenames)))})"
+                for item in items if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())) and item.get_closest_marker("slow") is None]
+    if unmarked:
+        raise pytest.UsageError("these tests train a model but are not marked slow:\n  " + "\n  ".join(unmarked))
 
 
 @pytest.fixture
@@ -42,6 +54,55 @@ def trained_digits(tmp_path_factory):
     from dropcov_deploy.train import TrainConfig, train
 
     folder = tmp_path_factory.mktemp("trained")
-    result = train(TrainConfig(arch="resnet10_compact_ACD", dataset="digits", epochs=10, out=folder / "model.pt"), show_progress=False)
+    result = train(TrainConfig(arch="resnet10_compact_ACD", dataset="digits", epochs=10, out=folder / "model.pt"))
     assert result.best_accuracy >= 0.95
     return result.best_path, export_onnx(result.best_path, folder / "model.onnx").path
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def calibration_dir():
+    """The bundled digits calibration/held-out folder (300 images, 30 per class)."""
+    folder = REPO / "calibration" / "digits"
+    assert folder.is_dir(), f"{folder}: missing (the repository ships it)"
+    return folder
+
+
+@pytest.fixture(scope="session")
+def models_json():
+    """`dropcov-deploy models --json`, parsed, run once for every test that reads it."""
+    from cli_helpers import run_cli
+
+    result = run_cli("models", "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="session")
+def seeded_digits(tmp_path_factory):
+    """An untrained, seeded compact digits model (our checkpoint format) and its FP32 export: a
+    few seconds, for tests of formats, options and errors that need no trained weights."""
+    from dropcov_deploy.data.digits import PREPROCESSING
+    from dropcov_deploy.export import export_onnx
+    from dropcov_deploy.models import create_model, save_checkpoint
+
+    folder = tmp_path_factory.mktemp("seeded")
+    arch = "resnet10_compact_ACD"
+    torch.manual_seed(0)
+    model = create_model(arch, num_classes=10).eval()
+    checkpoint = save_checkpoint(folder / "model.pt", model, arch=arch, input_size=32, preprocessing=PREPROCESSING,
+                                 class_names=[str(i) for i in range(10)])
+    return checkpoint, export_onnx(checkpoint, folder / "model.onnx").path
+
+
+@pytest.fixture(scope="session")
+def seeded_chain(seeded_digits, calibration_dir, tmp_path_factory):
+    """`seeded_digits` with a CPU INT8 build (16 calibration images), keyed like test_verify_bench's `chain`."""
+    from dropcov_deploy.build import BuildOptions, build
+
+    checkpoint, fp32 = seeded_digits
+    folder = fp32.parent
+    options = BuildOptions(precision="int8", calib=calibration_dir, calib_size=16, cache_dir=folder / "cache", out=folder / "model.int8.cpu.onnx")
+    return {"checkpoint": checkpoint, "fp32": fp32, "int8": build(fp32, options).precision_onnx, "folder": folder}

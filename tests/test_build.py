@@ -10,7 +10,7 @@ import pytest
 from cli_helpers import assert_one_line_error, run_cli
 from onnx import TensorProto
 
-from dropcov_deploy import onnx_graph
+from dropcov_deploy import head_graph, onnx_io
 from dropcov_deploy.backends.onnxruntime import OnnxRuntimeRunner
 from dropcov_deploy.build import BuildOptions, build
 from dropcov_deploy.data.images import list_images, load_batch
@@ -75,7 +75,7 @@ def test_fp16_agrees_and_pins_the_covariance_block_to_fp32(trained_onnx, tmp_pat
             assert types[tensor] == TensorProto.FLOAT, (name, tensor)
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
     assert convs and all(types[n.input[1]] == TensorProto.FLOAT16 and types[n.output[0]] == TensorProto.FLOAT16 for n in convs)
-    fc = onnx_graph.fc_node(model)
+    fc = head_graph.fc_node(model)
     assert types[fc.input[0]] == TensorProto.FLOAT16 and types[fc.input[1]] == TensorProto.FLOAT16
 
 
@@ -92,8 +92,11 @@ def test_int8_both_targets_keep_accuracy(trained_onnx, tmp_path, cache, backend)
 
             with pytest.raises(BackendUnavailable, match="--backend onnxruntime"):
                 build(trained_onnx, options)
-        else:
-            build(trained_onnx, options)
+        else:  # TensorRT and a GPU here: the INT8 engine is built beside the precision ONNX
+            result = build(trained_onnx, options)
+            assert result.engine is not None and result.engine.exists() and result.engine.name == out.name[: -len(".onnx")] + ".plan"
+            engine_fields = result.engine_manifest.to_dict()
+            assert engine_fields["kind"] == "tensorrt-engine" and engine_fields["precision"] == "int8"
     else:
         result = build(trained_onnx, options)
         assert result.ort_optimized.exists()
@@ -107,7 +110,7 @@ def test_int8_both_targets_keep_accuracy(trained_onnx, tmp_path, cache, backend)
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     manifest = json.loads(Path(f"{out}.json").read_text())
     details = manifest["precision_details"]
-    made_by = onnx_graph.producers(model)
+    made_by = onnx_io.producers(model)
     for name in details["covariance_block_fp32"]:  # the covariance block is never quantized
         node = next(n for n in model.graph.node if n.name == name)
         for tensor in node.input:
@@ -134,8 +137,10 @@ def _small_onnx(tmp_path, authors_checkpoint):
 
 
 def test_calibration_data_is_checked(tmp_path, authors_checkpoint):
+    from dropcov_deploy.manifest import Manifest
+
     model = _small_onnx(tmp_path, authors_checkpoint)
-    manifest = json.loads(Path(f"{model}.json").read_text())
+    manifest = Manifest.read(model)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(InputError, match="no images found"):
@@ -166,8 +171,8 @@ def test_calibration_data_is_checked(tmp_path, authors_checkpoint):
     assert len(loaded) == 10 and loaded.batch_size() == 10
 
 
-def test_build_cli_errors(tmp_path, authors_checkpoint):
-    model = _small_onnx(tmp_path, authors_checkpoint)
+def test_build_cli_errors(tmp_path, seeded_digits):
+    model = seeded_digits[1]  # shared, read only: every output goes to tmp_path
     assert_one_line_error(run_cli("build", model, "--precision", "int8"), 2, "--calib", "random data is never used")
     assert_one_line_error(run_cli("build", model, "--precision", "int4", "--calib", CALIBRATION), 2, "--precision 'int4'")
     empty = tmp_path / "empty"
@@ -179,7 +184,10 @@ def test_build_cli_errors(tmp_path, authors_checkpoint):
 
     if not tensorrt_status()[0]:
         assert_one_line_error(result, 3, "no TensorRT engine built", "--backend onnxruntime")
-        assert fp16.exists() and Path(f"{fp16}.json").exists()
+    else:  # TensorRT and a GPU here: the FP32 engine is built beside the precision ONNX
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert (tmp_path / "x.fp16.plan").exists() and "TensorRT engine:" in result.stdout
+    assert fp16.exists() and Path(f"{fp16}.json").exists()  # the precision ONNX is written either way
     not_ours = tmp_path / "plain.onnx"
     stripped = onnx.load(str(model))
     del stripped.metadata_props[:]
@@ -188,14 +196,19 @@ def test_build_cli_errors(tmp_path, authors_checkpoint):
 
 
 def test_engine_manifest_carries_the_model_fields_verify_and_predict_need():
-    from dropcov_deploy.backends.tensorrt import BatchProfile
-    from dropcov_deploy.build import _engine_model_fields
+    from dropcov_deploy.manifest import Manifest
+    from dropcov_deploy.precision import Precision
 
-    manifest = {"arch": "resnet10_compact_ACD", "dim": 32, "num_classes": 10, "class_names": list("0123456789"),
-                "preprocessing": {"resize": 32, "crop": 32}, "output": {"name": "logits"}, "sha256": "x",
-                "input": {"name": "input", "shape": ["batch", 3, 32, 32], "batch": {"dynamic": True, "min": 1, "max": 4096}}}
-    fields = _engine_model_fields(manifest, BatchProfile.parse("1:8:32"))
+    manifest = Manifest.from_dict({"arch": "resnet10_compact_ACD", "dim": 32, "num_classes": 10, "class_names": list("0123456789"),
+                                   "preprocessing": {"resize": 32, "crop": 32}, "output": {"name": "logits"}, "sha256": "x",
+                                   "precision": "int8", "calibration": {"images": 300},
+                                   "input": {"name": "input", "shape": ["batch", 3, 32, 32], "batch": {"dynamic": True, "min": 1, "max": 4096}}})
+    engine = manifest.for_engine(precision=Precision.INT8, batch_min=1, batch_max=32, engine={"tensorrt_version": "10.3.0", "plan_sha256": "y"})
+    fields = engine.to_dict()
+    assert fields["kind"] == "tensorrt-engine" and fields["precision"] == "int8" and fields["tensorrt_version"] == "10.3.0"
     assert fields["input"]["batch"] == {"dynamic": True, "min": 1, "max": 32}
     assert fields["input"]["shape"] == ["batch", 3, 32, 32] and fields["class_names"] == list("0123456789")
-    assert "sha256" not in fields  # the engine's own hashes are its own
-    assert _engine_model_fields(manifest, BatchProfile.parse("4"))["input"]["batch"] == {"dynamic": False, "min": 4, "max": 4}
+    assert "sha256" not in fields and "calibration" not in fields  # the engine's own hashes are its own; no ONNX provenance copied
+    fixed = manifest.for_engine(precision=Precision.INT8, batch_min=4, batch_max=4, engine={}).to_dict()
+    assert fixed["input"]["batch"] == {"dynamic": False, "min": 4, "max": 4}
+    assert manifest.to_dict()["input"]["batch"]["max"] == 4096  # deriving never changes the source

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from cli_helpers import assert_one_line_error, run_cli
+from cli_helpers import assert_one_line_error, run_cli, run_cli_subprocess
 
 
 def test_models_table_lists_architectures_with_sizes():
@@ -16,8 +16,8 @@ def test_models_table_lists_architectures_with_sizes():
     assert "32.03 M" in result.stdout  # resnet50_ACD at d=128
 
 
-def test_models_json():
-    rows = json.loads(run_cli("models", "--json").stdout)
+def test_models_json(models_json):
+    rows = models_json
     by_name = {row["arch"]: row for row in rows}
     assert by_name["resnet50_ACD"]["default_dim"] == 128
     assert round(by_name["resnet101_ACD"]["params_d128"] / 1e6, 1) == 51.0
@@ -36,7 +36,7 @@ def test_bad_inputs_give_one_line_and_exit_code_2(tmp_path, authors_checkpoint):
     assert_one_line_error(run_cli("inspect", path, "--arch", "resnet18_ACD"), 2, str(path), "do not fit resnet18_ACD")
     assert_one_line_error(run_cli("inspect", path, "--arch", "nosuchnet"), 2, "unknown architecture 'nosuchnet'")
     missing = tmp_path / "missing.pth"
-    assert_one_line_error(run_cli("inspect", missing), 2, str(missing), "no such file")
+    assert_one_line_error(run_cli_subprocess("inspect", missing), 2, str(missing), "no such file")  # a real process's stderr and exit status
     noise = tmp_path / "noise.pth.tar"
     noise.write_bytes(bytes(range(256)) * 40)
     assert_one_line_error(run_cli("inspect", noise), 2, str(noise), "not a")
@@ -46,8 +46,8 @@ def test_bad_inputs_give_one_line_and_exit_code_2(tmp_path, authors_checkpoint):
 
 
 def test_version_and_help():
-    assert run_cli("--version").stdout.strip().startswith("dropcov-deploy ")
-    result = run_cli("--help")
+    assert run_cli_subprocess("--version").stdout.strip().startswith("dropcov-deploy ")
+    result = run_cli_subprocess("--help")
     assert result.returncode == 0 and "models" in result.stdout
 
 

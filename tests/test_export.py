@@ -12,7 +12,7 @@ from reference import logits as reference_logits
 from reference import relative_error
 
 from dropcov_deploy import manifest as manifests
-from dropcov_deploy import onnx_graph
+from dropcov_deploy import onnx_io
 from dropcov_deploy.backends.onnxruntime import OnnxRuntimeRunner
 from dropcov_deploy.errors import InputError
 from dropcov_deploy.export import FORBIDDEN_OPS, export_onnx
@@ -36,13 +36,14 @@ def test_resnet50_d128_authors_checkpoint_exports_and_matches_float64_reference(
     _ort_vs_reference(result.path, state, "resnet50_ACD", 224)
 
 
+@pytest.mark.slow
 def test_resnet18_d256_authors_checkpoint_exports_and_matches_float64_reference(authors_checkpoint, tmp_path):
     path, state = authors_checkpoint(arch="resnet18_ACD", dim=256, num_classes=10)
     result = export_onnx(path, tmp_path / "r18.onnx", image_size=64)
     _ort_vs_reference(result.path, state, "resnet18_ACD", 64)
 
 
-@pytest.mark.parametrize("size", [32, 448])
+@pytest.mark.parametrize("size", [32, pytest.param(448, marks=pytest.mark.slow)])
 def test_other_image_sizes(authors_checkpoint, tmp_path, size):
     path, state = authors_checkpoint(arch="resnet18_ACD", dim=16, num_classes=5)
     result = export_onnx(path, tmp_path / f"r18_{size}.onnx", image_size=size)
@@ -141,20 +142,21 @@ def test_fixed_batch(authors_checkpoint, tmp_path):
 
 def test_failed_parity_leaves_no_file(authors_checkpoint, tmp_path):
     path, _ = authors_checkpoint(dim=8, num_classes=3)
-    out = tmp_path / "out" 
+    out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(InputError, match="parity check failed"):
         export_onnx(path, out / "m.onnx", image_size=64, tolerance=0.0)
     assert list(out.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_external_data_for_large_models(authors_checkpoint, tmp_path):
     path, _ = authors_checkpoint(dim=8, num_classes=3)
     result = export_onnx(path, tmp_path / "m.onnx", image_size=64)
     model = onnx.load(str(result.path))
     big = tmp_path / "big"
     big.mkdir()
-    written = onnx_graph.save(model, big / "m.onnx", threshold=1024)  # as if over 2 GB
+    written = onnx_io.save(model, big / "m.onnx", threshold=1024)  # as if over 2 GB
     assert [p.name for p in written] == ["m.onnx", "m.onnx.data"]
     assert (big / "m.onnx").stat().st_size < 1_000_000 < 40_000_000 < (big / "m.onnx.data").stat().st_size
     x = np.random.default_rng(0).standard_normal((1, 3, 64, 64), dtype=np.float32)

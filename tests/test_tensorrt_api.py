@@ -2,10 +2,10 @@
 
 TensorRT cannot be imported here (no libraries, no GPU), so the bindings' names were
 read from the wheels on PyPI by scripts/tensorrt_names.py into tests/data/tensorrt_names/
-(<version>.txt, provenance in README.md there). This test parses
-dropcov_deploy/backends/tensorrt.py with `ast`, collects every attribute read from the
-`trt` module and from TensorRT objects (by the naming convention the module's docstring
-states), and checks them against a reviewed list and against each version's names.
+(<version>.txt, provenance in README.md there). This test parses every module of the
+package dropcov_deploy/backends/tensorrt/ with `ast`, collects every attribute read from
+the `trt` module and from TensorRT objects (by the naming convention the package's
+docstring states), and checks them against a reviewed list and against each version's names.
 A new TensorRT call therefore fails here until someone reviews it, and a name the real
 bindings lack (a 10.x-only flag used on 11.x, say) fails for that version.
 """
@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCE = ROOT / "dropcov_deploy" / "backends" / "tensorrt.py"
+PACKAGE = ROOT / "dropcov_deploy" / "backends" / "tensorrt"
+SOURCES = sorted(PACKAGE.glob("*.py"))
 NAMES_DIR = Path(__file__).parent / "data" / "tensorrt_names"
 
 # Variables (and `self._<name>` attributes) that hold the tensorrt module or its objects.
@@ -182,13 +183,27 @@ def _required(version: Path) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def tree() -> ast.AST:
-    return ast.parse(SOURCE.read_text(), filename=str(SOURCE))
+def trees() -> dict[str, ast.AST]:
+    """Each module of the package, parsed (file name -> tree)."""
+    return {path.name: ast.parse(path.read_text(), filename=str(path)) for path in SOURCES}
 
 
 @pytest.fixture(scope="module")
-def used(tree) -> dict[str, list[int]]:
-    return collect_trt_names(tree)
+def used(trees) -> dict[str, list[str]]:
+    """Every TensorRT name the package uses -> where ('builder.py:42'). Each module is collected
+    on its own: a variable's TensorRT-ness does not cross files (functions hand over objects
+    under the conventional names)."""
+    found: dict[str, list[str]] = {}
+    for filename, tree in trees.items():
+        for name, lines in collect_trt_names(tree).items():
+            found.setdefault(name, []).extend(f"{filename}:{line}" for line in lines)
+    return found
+
+
+def test_the_package_modules_are_all_read():
+    names = {path.name for path in SOURCES}
+    assert {"__init__.py", "availability.py", "builder.py", "inspector.py", "profile.py", "runner.py"} <= names, names
+    assert not (ROOT / "dropcov_deploy" / "backends" / "tensorrt.py").exists(), "the old single-file module is back"
 
 
 def test_name_files_cover_a_10x_from_10_3_and_an_11x():
@@ -223,21 +238,22 @@ def test_every_used_name_is_reviewed(used):
     reviewed = COMMON | ONLY_10 | ONLY_11
     unreviewed = {name: lines for name, lines in used.items() if name not in reviewed}
     assert not unreviewed, (
-        f"TensorRT names used in {SOURCE.name} but not reviewed (name: lines): {unreviewed}. Check each in the "
+        f"TensorRT names used in {PACKAGE.name}/ but not reviewed (name: file:line): {unreviewed}. Check each in the "
         "10.x and 11.x Python API docs, then add it to COMMON, ONLY_10 or ONLY_11 in this file."
     )
     stale = reviewed - set(used)
-    assert not stale, f"reviewed names no longer used by {SOURCE.name}: {sorted(stale)}; remove them here"
+    assert not stale, f"reviewed names no longer used by {PACKAGE.name}/: {sorted(stale)}; remove them here"
     assert set(TAIL_MERGED) <= set(used), sorted(set(TAIL_MERGED) - set(used))
 
 
-def test_version_specific_names_are_guarded_by_a_version_check(tree):
-    parents = _parents(tree)
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and node.attr in ONLY_10 | ONLY_11:
-            branch = _version_branch(node, parents)
-            expected = "10" if node.attr in ONLY_10 else "11"
-            assert branch == expected, f"line {node.lineno}: {node.attr} is {expected}.x-only but is used outside its version branch"
+def test_version_specific_names_are_guarded_by_a_version_check(trees):
+    for filename, tree in trees.items():
+        parents = _parents(tree)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr in ONLY_10 | ONLY_11:
+                branch = _version_branch(node, parents)
+                expected = "10" if node.attr in ONLY_10 else "11"
+                assert branch == expected, f"{filename}:{node.lineno}: {node.attr} is {expected}.x-only but is used outside its version branch"
 
 
 @pytest.mark.parametrize("version", NAME_FILES, ids=lambda p: p.stem)
@@ -245,7 +261,7 @@ def test_used_names_exist_in_the_real_bindings(version, used):
     names = _names(version)
     needed = _required(version) & set(used)
     missing = sorted(name for name in needed if not _present(name, names))
-    assert not missing, f"TensorRT {version.stem} bindings lack {missing} (used by {SOURCE.name})"
+    assert not missing, f"TensorRT {version.stem} bindings lack {missing} (used by {PACKAGE.name}/)"
 
 
 @pytest.mark.parametrize("version", NAME_FILES, ids=lambda p: p.stem)

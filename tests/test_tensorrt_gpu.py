@@ -4,7 +4,8 @@ The `tensorrt`-marked tests build real engines and skip (with the reason
 `tensorrt_status()` gives) on machines without TensorRT or a GPU; nothing here
 imitates TensorRT. The rest run everywhere: the batch-profile parser, the status
 line, the import hygiene, and the engine-inspector JSON parser on the two
-documented JSON shapes.
+documented JSON shapes. The decisions the backend makes on plain data are tested
+in tests/test_tensorrt_decisions.py.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dropcov_deploy import manifest as manifests
+from dropcov_deploy.backends import DeviceTimed, Runner
 from dropcov_deploy.backends.tensorrt import (
     BatchProfile,
     OnnxParseError,
@@ -27,9 +28,11 @@ from dropcov_deploy.backends.tensorrt import (
     TensorRTRunner,
     build_engine,
     layer_precisions,
+    open_runner,
     tensorrt_status,
 )
 from dropcov_deploy.errors import BackendUnavailable, InputError
+from dropcov_deploy.manifest import BatchRange, Manifest, sha256_file, sidecar_path
 
 AVAILABLE, STATUS = tensorrt_status()
 needs_tensorrt = pytest.mark.skipif(not AVAILABLE, reason=f"needs TensorRT and a CUDA GPU: {STATUS}")
@@ -67,8 +70,13 @@ def test_batch_profile_checks_direct_construction():
 def test_status_is_one_line():
     ok, reason = tensorrt_status()
     assert reason and "\n" not in reason
-    if ok:
-        assert reason.startswith("TensorRT ") and " on " in reason
+    if ok:  # the installed TensorRT's version and the GPU libcudart reports, nothing else
+        import tensorrt
+
+        from dropcov_deploy.backends.cuda import runtime
+
+        gpu = runtime().device_name()
+        assert gpu.strip() and reason == f"TensorRT {tensorrt.__version__} on {gpu}", reason
     else:
         assert any(key in reason for key in ("tensorrt not installed", "tensorrt cannot be imported", "no CUDA GPU", "libcudart not found")), reason
 
@@ -109,8 +117,11 @@ def test_without_tensorrt_build_and_run_raise_backend_unavailable(tmp_path):
     assert not (tmp_path / "m.plan").exists()
     plan = tmp_path / "x.plan"
     plan.write_bytes(b"\0")
-    with pytest.raises(BackendUnavailable):
+    with pytest.raises(BackendUnavailable) as caught:
         TensorRTRunner(plan)
+    assert caught.value.exit_code == 3 and str(caught.value) == STATUS
+    with pytest.raises(BackendUnavailable):
+        open_runner(plan, "cpu", None)
 
 
 # The two JSON shapes of IEngineInspector.get_engine_information(JSON), as documented:
@@ -194,7 +205,7 @@ def images():
 
 
 def _build(onnx_path: Path, plan: Path, precision: str, **extra):
-    options = dict(profile=PROFILE, workspace_gib=1.0, timing_cache=None, onnx_sha256=manifests.sha256_file(onnx_path),
+    options = dict(profile=PROFILE, workspace_gib=1.0, timing_cache=None, onnx_sha256=sha256_file(onnx_path),
                    calibration_sha256=None, log=lambda _: None)
     options.update(extra)
     return build_engine(onnx_path, plan, precision=precision, **options)
@@ -204,7 +215,8 @@ def _build(onnx_path: Path, plan: Path, precision: str, **extra):
 def fp32_engine(onnx_fp32, tmp_path_factory):
     folder = tmp_path_factory.mktemp("fp32")
     plan = folder / "r18_fp32.plan"
-    manifest = _build(onnx_fp32, plan, "fp32", timing_cache=folder / "timing.cache")
+    # As `build` calls it: the engine's manifest derived from the precision ONNX's.
+    manifest = _build(onnx_fp32, plan, "fp32", timing_cache=folder / "timing.cache", model_manifest=Manifest.read(onnx_fp32))
     return plan, manifest
 
 
@@ -216,29 +228,42 @@ def test_fp32_engine_matches_onnx_runtime_at_two_batch_sizes(fp32_engine, onnx_f
 
     plan, _ = fp32_engine
     reference = OnnxRuntimeRunner(onnx_fp32)
-    with TensorRTRunner(plan) as runner:
-        assert runner.backend == "tensorrt"
+    with open_runner(plan, "cuda", 4) as runner:
+        assert isinstance(runner, Runner) and isinstance(runner, DeviceTimed)
+        assert runner.backend == "tensorrt" and runner.device_timing == "GPU compute (CUDA events)"
+        assert runner.input_shapes() == {"input": [-1, 3, IMAGE_SIZE, IMAGE_SIZE]}
         for batch in (1, 5):
             got = runner(images[:batch])
             assert got.shape == (batch, 10) and got.dtype == np.float32
             assert relative_error(got, reference(images[:batch])) < 1e-3
             assert runner.last_gpu_ms is not None and runner.last_gpu_ms > 0
         assert runner.infer_device_only() > 0
+        timer = runner.device_timer(images[:3])
+        assert timer() > 0 and timer() > 0 and runner.last_gpu_ms > 0
+        runner(images[:2])
+        with pytest.raises(InputError, match="replaced the batch"):
+            timer()
         with pytest.raises(InputError, match="engine accepts"):
             runner(images[:PROFILE.max + 1])
+    with pytest.raises(InputError, match="closed"):
+        runner(images[:1])
 
 
 @pytest.mark.tensorrt
 @needs_tensorrt
 def test_fp32_manifest_records_the_build(fp32_engine):
-    plan, manifest = fp32_engine
-    assert manifests.read_manifest(plan) == manifest
+    plan, built = fp32_engine
+    manifest = built.to_dict()
+    assert Manifest.read(plan).to_dict() == manifest
     assert manifest["kind"] == "tensorrt-engine" and manifest["precision"] == "fp32"
     assert manifest["tensorrt_version"] == STATUS.split()[1]
     assert manifest["gpu_name"] and manifest["compute_capability"] and manifest["cuda_runtime_version"]
-    assert manifest["plan_sha256"] == manifests.sha256_file(plan)
+    assert manifest["plan_sha256"] == sha256_file(plan)
     assert manifest["profile"] == PROFILE.to_dict()
     assert manifest["layers"]["precisions"].get("FP32", 0) > 0
+    # carried over from the precision ONNX's manifest, the batch range narrowed to the profile
+    assert manifest["arch"] == "resnet18_ACD" and manifest["num_classes"] == 10
+    assert built.batch == BatchRange(dynamic=True, min=PROFILE.min, max=PROFILE.max)
     names = {t["name"]: t for t in manifest["io"]}
     assert names["input"]["mode"] == "input" and names["input"]["profile"]["max"][0] == PROFILE.max
     assert names["logits"]["mode"] == "output"
@@ -248,11 +273,12 @@ def test_fp32_manifest_records_the_build(fp32_engine):
 @pytest.mark.tensorrt
 @needs_tensorrt
 def test_runner_refuses_a_plan_from_another_tensorrt_or_gpu(fp32_engine, tmp_path):
-    plan, manifest = fp32_engine
+    plan, built = fp32_engine
+    manifest = built.to_dict()
     for field, fake in (("tensorrt_version", "9.9.9"), ("gpu_name", "Imaginary GPU 1000")):
         copy = tmp_path / f"{field}.plan"
         shutil.copyfile(plan, copy)
-        manifests.write_manifest(manifests.sidecar_path(copy), {**manifest, field: fake})
+        Manifest.from_dict({**manifest, field: fake}).write(sidecar_path(copy))
         with pytest.raises(InputError) as caught:
             TensorRTRunner(copy)
         message = str(caught.value)
@@ -265,32 +291,27 @@ def test_fp16_build_of_an_fp32_onnx_fails_and_leaves_no_plan(onnx_fp32, tmp_path
     plan = tmp_path / "not_fp16.plan"
     with pytest.raises(TensorRTBuildError, match="no FP16 layers"):
         _build(onnx_fp32, plan, "fp16")
-    assert not plan.exists() and not manifests.sidecar_path(plan).exists()
+    assert not plan.exists() and not sidecar_path(plan).exists()
 
 
 @pytest.mark.tensorrt
 @needs_tensorrt
 def test_fp16_engine_has_fp16_layers(onnx_fp32, images, tmp_path):
-    try:
-        from dropcov_deploy.precision.fp16 import convert_fp16
-        from dropcov_deploy.precision.calibration import CalibrationSet
-    except ImportError as exc:
-        pytest.skip(f"no FP16 conversion (dropcov_deploy.precision.fp16.convert_fp16): {exc}")
-    from dropcov_deploy import onnx_graph
+    from dropcov_deploy import onnx_io
     from dropcov_deploy.backends.onnxruntime import OnnxRuntimeRunner
     from dropcov_deploy.metrics import relative_error
+    from dropcov_deploy.precision.calibration import CalibrationSet
+    from dropcov_deploy.precision.fp16 import convert_fp16
 
     calibration = CalibrationSet(source=Path("digits-calibration"), data=images, labels=None, sha256="digits")
-    try:
-        converted = convert_fp16(onnx_fp32, calibration)
-    except (BackendUnavailable, TypeError) as exc:
-        pytest.skip(f"convert_fp16 unavailable here: {exc}")
-    model = converted[0] if isinstance(converted, tuple) else converted
+    model, pinned = convert_fp16(onnx_fp32, calibration)  # ModelOpt missing: BackendUnavailable, a failure here
+    assert pinned, "the covariance block was not found to pin to FP32"
     fp16_onnx = tmp_path / "r18_fp16.onnx"
-    onnx_graph.save(model, fp16_onnx)
+    onnx_io.save(model, fp16_onnx)
     plan = tmp_path / "r18_fp16.plan"
     manifest = _build(fp16_onnx, plan, "fp16")
-    assert manifest["layers"]["precisions"].get("FP16", 0) > 0, manifest["layers"]
+    layers = manifest.get("layers")
+    assert manifest.precision.value == "fp16" and layers["precisions"].get("FP16", 0) > 0, layers
     with TensorRTRunner(plan) as runner:
         got = runner(images[:4])
     assert np.isfinite(got).all()
@@ -331,7 +352,7 @@ def test_vit_engines_run_their_precision_and_match_onnx_runtime(precision, tmp_p
     graph build strongly typed engines that run in their precision and agree with FP32."""
     import torch
 
-    from dropcov_deploy import onnx_graph
+    from dropcov_deploy import onnx_io
     from dropcov_deploy.backends.onnxruntime import OnnxRuntimeRunner
     from dropcov_deploy.data import digits
     from dropcov_deploy.export import export_onnx
@@ -339,7 +360,7 @@ def test_vit_engines_run_their_precision_and_match_onnx_runtime(precision, tmp_p
     from dropcov_deploy.models import create_model, save_checkpoint
     from dropcov_deploy.precision.calibration import CalibrationSet
     from dropcov_deploy.precision.fp16 import convert_fp16
-    from dropcov_deploy.precision.int8 import quantize_tensorrt
+    from dropcov_deploy.precision.quantizers import quantize_tensorrt
 
     torch.manual_seed(0)
     checkpoint = tmp_path / "vit.pt"
@@ -347,12 +368,17 @@ def test_vit_engines_run_their_precision_and_match_onnx_runtime(precision, tmp_p
     fp32 = export_onnx(checkpoint, tmp_path / "vit.onnx").path
     vit_images = digits.preprocessed(digits.load_splits()["calibration"], digits.PREPROCESSING)
     calibration = CalibrationSet(source=Path("digits-calibration"), data=vit_images[:64], labels=None, sha256="digits")
-    model, _ = convert_fp16(fp32, calibration) if precision == "fp16" else quantize_tensorrt(fp32, calibration)
+    if precision == "fp16":
+        model, _pinned = convert_fp16(fp32, calibration)
+    else:
+        model, _pinned, record = quantize_tensorrt(fp32, calibration)
+        assert isinstance(record, dict), record
     precision_onnx = tmp_path / f"vit.{precision}.onnx"
-    onnx_graph.save(model, precision_onnx)
+    onnx_io.save(model, precision_onnx)
     plan = tmp_path / f"vit_{precision}.plan"
     manifest = _build(precision_onnx, plan, precision)
-    assert manifest["layers"]["precisions"].get(precision.upper(), 0) > 0, manifest["layers"]
+    layers = manifest.get("layers")
+    assert layers["precisions"].get(precision.upper(), 0) > 0, layers
     with TensorRTRunner(plan) as runner:
         got = runner(vit_images[:4])
     assert np.isfinite(got).all()

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from cli_helpers import assert_one_line_error, run_cli
+from cli_helpers import assert_one_line_error, run_cli, run_cli_subprocess
 
 from dropcov_deploy.data import digits
 from dropcov_deploy.errors import InputError
@@ -29,8 +29,9 @@ def test_digits_splits_are_disjoint_real_and_fixed():
     assert np.array_equal(again["calibration"].images, splits["calibration"].images)
 
 
+@pytest.mark.slow
 def test_one_epoch_writes_our_checkpoint_format(tmp_path):
-    result = train(TrainConfig(arch=ARCH, dataset="digits", epochs=1, out=tmp_path / "m.pt", widths=(8, 16, 32, 64), dim=16), show_progress=False)
+    result = train(TrainConfig(arch=ARCH, dataset="digits", epochs=1, out=tmp_path / "m.pt", widths=(8, 16, 32, 64), dim=16))
     assert result.best_path.exists() and result.last_path == tmp_path / "m-last.pt" and result.last_path.exists()
     loaded = load_checkpoint_with_info(result.best_path)
     info = loaded.info
@@ -50,12 +51,13 @@ def test_one_epoch_writes_our_checkpoint_format(tmp_path):
     assert not torch.equal(fresh, initial)
 
 
+@pytest.mark.slow
 def test_image_folder_training(tmp_path):
     splits = digits.load_splits()
     root = tmp_path / "data"
     digits.write_image_folder(digits.DigitsSplit(splits["train"].images[:200], splits["train"].labels[:200]), root / "train")
     digits.write_image_folder(digits.DigitsSplit(splits["val"].images[:50], splits["val"].labels[:50]), root / "val")
-    result = train(TrainConfig(arch=ARCH, data=root, epochs=1, image_size=32, out=tmp_path / "f.pt", dim=8), show_progress=False)
+    result = train(TrainConfig(arch=ARCH, data=root, epochs=1, image_size=32, out=tmp_path / "f.pt", dim=8))
     info = load_checkpoint_with_info(result.best_path).info
     assert info.class_names == [str(i) for i in range(10)] and info.preprocessing.crop == 32
 
@@ -71,7 +73,7 @@ def test_image_folder_training(tmp_path):
 )
 def test_bad_training_input(tmp_path, config, message):
     with pytest.raises(InputError, match=message):
-        train(TrainConfig(arch=ARCH, out=tmp_path / "m.pt", epochs=1, **config), show_progress=False)
+        train(TrainConfig(arch=ARCH, out=tmp_path / "m.pt", epochs=1, **config))
 
 
 def test_resume_refuses_foreign_checkpoints(tmp_path, authors_checkpoint):
@@ -113,7 +115,7 @@ def test_killed_run_resumes_from_its_last_checkpoint_and_finishes(tmp_path):
     assert 1 <= killed_at < 4
     assert not list(tmp_path.glob(".*staging"))  # the kill left no half-written file behind
 
-    result = run_cli("train", ARCH, "--dataset", "digits", "--epochs", "4", "--resume", last, "--out", out)
+    result = run_cli_subprocess("train", ARCH, "--dataset", "digits", "--epochs", "4", "--resume", last, "--out", out)
     assert result.returncode == 0, result.stderr[-3000:]
     record = torch.load(last, weights_only=True)
     assert record["epoch"] == 4

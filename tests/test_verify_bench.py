@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from cli_helpers import assert_one_line_error, run_cli
+from cli_helpers import assert_one_line_error, run_cli, run_cli_subprocess
 from onnx import numpy_helper
 
-from dropcov_deploy import onnx_graph
+from dropcov_deploy import head_graph, onnx_io
 from dropcov_deploy.build import BuildOptions, build
 from dropcov_deploy.verify import stage_tensors
 
@@ -34,12 +34,12 @@ def chain(trained_digits, tmp_path_factory):
 def _perturbed(source: Path, destination: Path, which: str) -> Path:
     """A copy of the FP32 ONNX with the fc or the reduction conv's weights perturbed."""
     model = onnx.load(str(source))
-    onnx_graph.ensure_node_names(model)
+    onnx_io.ensure_node_names(model)
     initializers = {t.name: t for t in model.graph.initializer}
     if which == "fc":
-        name = onnx_graph.fc_node(model).input[1]
+        name = head_graph.fc_node(model).input[1]
     else:
-        made_by = onnx_graph.producers(model)
+        made_by = onnx_io.producers(model)
         reduced = stage_tensors(model)["reduced"]
         name = made_by[made_by[reduced].input[0]].input[1]  # Relu <- Conv(layer_reduce, BN folded)
     weights = numpy_helper.to_array(initializers[name])
@@ -91,7 +91,8 @@ def test_verify_fails_and_locates_a_perturbed_fc_and_reduction(chain, tmp_path):
     assert 'failures="2"' in junit.read_text()
 
 
-def test_gates_file_overrides_and_bad_input(chain, tmp_path):
+def test_gates_file_overrides_and_bad_input(seeded_chain, tmp_path):
+    chain = seeded_chain  # gates and option errors need no trained weights
     strict = tmp_path / "gates.json"
     strict.write_text(json.dumps({"fp32": {"relative_error": {"max": 0.0}}}))
     result = run_cli("verify", "-c", chain["checkpoint"], chain["fp32"], "--random", "8", "--gates", strict)
@@ -127,8 +128,12 @@ def test_bench_json_plot_and_speedup(chain, tmp_path):
     assert all(r["speedup_vs_torch"] == 1.0 for r in torch_rows)
 
 
-def test_predict_runs_without_torch(chain, tmp_path):
-    """The edge path: a `torch` that cannot be imported must not matter to predict."""
+@pytest.mark.parametrize("model", ["seeded_chain", pytest.param("chain", marks=pytest.mark.slow)])
+def test_predict_runs_without_torch(model, request, tmp_path):
+    """The edge path: a `torch` that cannot be imported must not matter to predict.
+
+    A seeded model checks the path and the output's form; the trained one also its answers."""
+    chain = request.getfixturevalue(model)
     blocker = tmp_path / "block"
     (blocker / "torch").mkdir(parents=True)
     (blocker / "torch" / "__init__.py").write_text("raise ImportError('torch is not on this edge board')\n")
@@ -143,8 +148,16 @@ def test_predict_runs_without_torch(chain, tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
     predictions = json.loads(result.stdout)
-    assert [p["top"][0]["name"] for p in predictions] == ["3", "7"]
-    assert len(predictions[0]["top"]) == 5 and predictions[0]["top"][0]["probability"] > 0.5
-    cli = run_cli("predict", chain["int8"], *images, env={"PYTHONPATH": f"{blocker}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+    assert len(predictions) == 2 and all(len(p["top"]) == 5 for p in predictions)
+    for p in predictions:
+        probabilities = [t["probability"] for t in p["top"]]
+        assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1 + 1e-6
+        assert {t["name"] for t in p["top"]} <= {str(i) for i in range(10)}
+    if model == "chain":  # trained: the right digits, confidently
+        assert [p["top"][0]["name"] for p in predictions] == ["3", "7"]
+        assert predictions[0]["top"][0]["probability"] > 0.5
+    cli = run_cli_subprocess("predict", chain["int8"], *images, env={"PYTHONPATH": f"{blocker}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
     assert cli.returncode == 0, cli.stderr
-    assert assert_one_line_error(run_cli("predict", chain["int8"], tmp_path / "none.png"), 2, "none.png") is None
+    for p in predictions:  # the CLI, also without torch, prints the library's answer per image
+        assert f"{p['image']}: {p['top'][0]['name']} {p['top'][0]['probability']:.3f}" in cli.stdout, cli.stdout
+    assert_one_line_error(run_cli("predict", chain["int8"], tmp_path / "none.png"), 2, "none.png")

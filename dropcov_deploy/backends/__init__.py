@@ -1,38 +1,160 @@
-"""Backends: a loader and a runner each (torch, onnxruntime, tensorrt), one runner interface.
+"""Backends as rows: one `Runner` interface, one `Target` record per backend.
 
 A runner takes a dict of named numpy arrays and returns a dict of named numpy arrays,
-like Polygraphy's runners; `runner(batch)` is the one-input, one-output shortcut. Each
-backend module imports its library lazily, so the runtime path needs neither torch
-nor TensorRT unless the artifact does.
+like Polygraphy's runners; `runner(batch)` is the one-input, one-output shortcut, and
+every runner is a context manager that frees what it holds. verify, bench and predict
+use runners without knowing which backend is behind them.
+
+A `Target` says everything build, verify, bench and the demo need to know about a
+backend: its name (what `--backend` takes), the target tag its precision graphs record,
+the file tag in their names, the artifact kind its runner opens, the precisions and
+calibration methods it supports, its INT8 quantizer, how its fc treatment is chosen,
+how to tell it is available, the artifact it writes from a precision ONNX, and how to
+open a runner. Hooks are "module:function" strings, imported on first use, so this
+module loads nothing heavy. Adding a backend is one module plus one row in TARGETS.
 """
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
-ENGINE_SUFFIXES = (".plan", ".engine", ".trt")
-
-
-def artifact_kind(path: Path) -> str:
-    """'onnx' or 'tensorrt', by suffix; anything else is not an artifact we run."""
-    from dropcov_deploy.errors import InputError
-
-    suffix = Path(path).suffix.lower()
-    if suffix == ".onnx":
-        return "onnx"
-    if suffix in ENGINE_SUFFIXES:
-        return "tensorrt"
-    raise InputError(f"{path}: not an artifact we can run (expected .onnx or a TensorRT .plan/.engine)")
+from dropcov_deploy.errors import InputError
+from dropcov_deploy.manifest import ONNX, TENSORRT_ENGINE, artifact_kind
+from dropcov_deploy.precision import Precision
 
 
-def open_runner(path: Path, device: str = "cpu", threads: int | None = None):
+@runtime_checkable
+class Runner(Protocol):
+    """What every backend's runner offers (ONNX Runtime, TensorRT)."""
+
+    path: Path
+    backend: str  # the label reports use: "onnxruntime-cpu", "tensorrt", ...
+    timing: str  # what a host-side timing of `infer` measures, for bench's report
+    input_names: list[str]
+    output_names: list[str]
+
+    def input_shapes(self) -> dict[str, list[Any]]: ...
+
+    def infer(self, feeds: dict[str, Any]) -> dict[str, Any]: ...
+
+    def __call__(self, batch: Any) -> Any: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Runner: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+@runtime_checkable
+class DeviceTimed(Protocol):
+    """Optional: a runner that can time its device compute alone (TensorRT: CUDA events)."""
+
+    device_timing: str  # what `device_timer`'s milliseconds measure
+
+    def device_timer(self, batch: Any) -> Callable[[], float]:
+        """Place `batch` on the device once; the returned call re-runs the model and returns its device ms."""
+        ...
+
+
+def load_hook(reference: str) -> Callable[..., Any]:
+    """'package.module:function' -> the function, imported now."""
+    module, _, name = reference.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One backend: what it is called, what it builds, how it runs."""
+
+    name: str  # what --backend takes
+    tag: str  # the manifest's "target": what its precision graphs are shaped for
+    file_tag: str  # in file names: model.<precision>.<file_tag>.onnx
+    runs: str  # the artifact kind its runner opens (manifest.ONNX or manifest.TENSORRT_ENGINE)
+    precisions: tuple[Precision, ...]
+    calibration_methods: tuple[str, ...]
+    int8_quantizer: str  # hook: (onnx_path, calibration, method, high_precision) -> (ModelProto, pinned nodes, record extras)
+    fc_policy: str  # "fastest": measure CPU latency among the accurate; "smallest": int8 > weight-only > float
+    status: str  # hook: () -> (available, one-line reason)
+    runner: str  # hook: (path, device, threads) -> Runner
+    stage_artifact: str | None = None  # hook: (staged precision onnx, stage dir) -> manifest entry; published with it
+    device_artifact: str | None = None  # hook: engine step after the precision ONNX is published (may raise BackendUnavailable)
+    accelerated: bool = False  # the demo prefers an available accelerated target
+
+    def is_available(self) -> tuple[bool, str]:
+        return load_hook(self.status)()
+
+    def supports(self, precision: Precision) -> bool:
+        return precision in self.precisions
+
+
+TARGETS: dict[str, Target] = {
+    "onnxruntime": Target(
+        name="onnxruntime",
+        tag="cpu",
+        file_tag="cpu",
+        runs=ONNX,
+        precisions=tuple(Precision),
+        calibration_methods=("entropy", "max", "percentile"),
+        int8_quantizer="dropcov_deploy.precision.quantizers:quantize_cpu",
+        fc_policy="fastest",
+        status="dropcov_deploy.backends.onnxruntime:onnxruntime_status",
+        runner="dropcov_deploy.backends.onnxruntime:open_runner",
+        stage_artifact="dropcov_deploy.backends.onnxruntime:write_ort_optimized",
+    ),
+    "tensorrt": Target(
+        name="tensorrt",
+        tag="tensorrt",
+        file_tag="trt",
+        runs=TENSORRT_ENGINE,
+        precisions=tuple(Precision),
+        calibration_methods=("entropy", "max"),
+        int8_quantizer="dropcov_deploy.precision.quantizers:quantize_tensorrt",
+        fc_policy="smallest",
+        status="dropcov_deploy.backends.tensorrt:tensorrt_status",
+        runner="dropcov_deploy.backends.tensorrt:open_runner",
+        device_artifact="dropcov_deploy.engine:engine_step",
+        accelerated=True,
+    ),
+}
+DEFAULT_TARGET = "onnxruntime"
+
+
+def get_target(name: str) -> Target:
+    """A target by its --backend name, or one InputError line listing them."""
+    if name not in TARGETS:
+        raise InputError(f"--backend {name!r}: use one of {', '.join(TARGETS)}")
+    return TARGETS[name]
+
+
+def target_by_tag(tag: str) -> Target:
+    """The target whose precision graphs record `tag` (a manifest's "target")."""
+    return next(t for t in TARGETS.values() if t.tag == tag)
+
+
+def runner_target(path: Path) -> Target:
+    """The target whose runner opens this artifact (by its kind)."""
+    kind = artifact_kind(path)
+    return next(t for t in TARGETS.values() if t.runs == kind)
+
+
+def open_runner(path: Path, device: str = "cpu", threads: int | None = None) -> Runner:
     """The runner for an artifact: ONNX Runtime for .onnx, TensorRT for engines."""
     path = Path(path)
-    if artifact_kind(path) == "tensorrt":
-        from dropcov_deploy.backends.tensorrt import TensorRTRunner
+    return load_hook(runner_target(path).runner)(path, device, threads)
 
-        return TensorRTRunner(path)
-    from dropcov_deploy.backends.onnxruntime import OnnxRuntimeRunner
 
-    providers = ("CUDAExecutionProvider", "CPUExecutionProvider") if device == "cuda" else ("CPUExecutionProvider",)
-    return OnnxRuntimeRunner(path, providers=providers, threads=threads)
+def preferred_target() -> tuple[Target, str]:
+    """An available accelerated target, else the default; with the reason the accelerated ones gave."""
+    reasons = []
+    for target in TARGETS.values():
+        if target.accelerated:
+            available, reason = target.is_available()
+            if available:
+                return target, reason
+            reasons.append(reason)
+    return TARGETS[DEFAULT_TARGET], "; ".join(reasons)

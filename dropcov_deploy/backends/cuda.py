@@ -4,7 +4,9 @@ Why ctypes: TensorRT only needs device pointers and a stream handle, and the edg
 boards (JetPack) ship libcudart but rarely a matching torch, pycuda or cuda-python.
 Polygraphy's `polygraphy/cuda/cuda.py` does the same. Nothing is loaded at import:
 `runtime()` finds and opens the library on first use and raises BackendUnavailable
-(exit code 3) with one line when there is no library, no driver or no GPU.
+(exit code 3) with one line when there is no library, no driver or no GPU. A CUDA call
+that fails after that raises CudaError, a BackendFailed (exit code 4): the GPU is there
+but failed while it ran (out of memory, a launch error), not missing.
 
 Signatures follow cuda_runtime_api.h (CUDA 12 and 13); every function gets explicit
 argtypes so 64-bit pointers are never truncated to C ints.
@@ -19,7 +21,7 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 
-from dropcov_deploy.errors import BackendUnavailable
+from dropcov_deploy.errors import BackendFailed, BackendUnavailable
 
 # cudaMemcpyKind
 HOST_TO_DEVICE = 1
@@ -56,8 +58,9 @@ def candidate_libraries() -> list[str]:
     return unique
 
 
-class CudaError(BackendUnavailable):
-    """A CUDA runtime call failed (exit code 3: the GPU environment, not the user's input)."""
+class CudaError(BackendFailed):
+    """A CUDA runtime call failed while running (exit code 4: the GPU failed, not the user's input;
+    a missing library, driver or GPU is `runtime()`'s BackendUnavailable, exit code 3)."""
 
 
 class CudaRuntime:
@@ -119,9 +122,6 @@ class CudaRuntime:
         return "none" if value == 0 else f"{value // 1000}.{(value % 1000) // 10}"
 
     # -- devices ---------------------------------------------------------------------------
-    def device_count(self) -> int:
-        return self._int_query(self.lib.cudaGetDeviceCount, "cudaGetDeviceCount")
-
     def current_device(self) -> int:
         return self._int_query(self.lib.cudaGetDevice, "cudaGetDevice")
 
@@ -188,18 +188,25 @@ class CudaRuntime:
         return float(milliseconds.value)
 
 
+def gpu_problem(status: int, count: int, driver: str, error_text: str, runtime_version: str) -> str | None:
+    """None when cudaGetDeviceCount returned `status` 0 with a device, else why there is no
+    usable GPU (one line); `driver` is driver_version() ('none': no driver), the rest for the message."""
+    if status == 0 and count > 0:
+        return None
+    if status == 0 or status == ERROR_NO_DEVICE:
+        return "no CUDA GPU (cudaGetDeviceCount found no device)"
+    if status == ERROR_INSUFFICIENT_DRIVER and driver == "none":
+        return "no CUDA GPU (no NVIDIA driver found)"
+    return f"no CUDA GPU ({error_text}; libcudart {runtime_version}, driver {driver})"
+
+
 def _gpu_problem(cuda: CudaRuntime) -> str | None:
     """None when this runtime sees a GPU, else why not (one line)."""
     count = ctypes.c_int()
     status = cuda.lib.cudaGetDeviceCount(ctypes.byref(count))
     if status == 0 and count.value > 0:
         return None
-    if status == 0 or status == ERROR_NO_DEVICE:
-        return "no CUDA GPU (cudaGetDeviceCount found no device)"
-    driver = cuda.driver_version()
-    if status == ERROR_INSUFFICIENT_DRIVER and driver == "none":
-        return "no CUDA GPU (no NVIDIA driver found)"
-    return f"no CUDA GPU ({cuda.error_string(status)}; libcudart {cuda.runtime_version()}, driver {driver})"
+    return gpu_problem(status, count.value, cuda.driver_version(), cuda.error_string(status), cuda.runtime_version())
 
 
 @lru_cache(maxsize=1)
@@ -216,7 +223,10 @@ def runtime() -> CudaRuntime:
             cuda = CudaRuntime(candidate)
         except (OSError, AttributeError):
             continue
-        problem = _gpu_problem(cuda)
+        try:
+            problem = _gpu_problem(cuda)
+        except CudaError as exc:  # a version query failed while probing: this candidate cannot use the GPU
+            problem = f"no CUDA GPU ({exc})"
         if problem is None:
             return cuda
         problems.append(f"{problem} [{Path(candidate).name}]")

@@ -7,9 +7,9 @@ so every stage sees exactly the inputs the manifest describes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -84,7 +84,7 @@ def preprocess(image, prep: Preprocessing) -> np.ndarray:
     left = (size[0] - prep.crop) // 2
     top = (size[1] - prep.crop) // 2
     image = image.crop((left, top, left + prep.crop, top + prep.crop))
-    array = np.asarray(image, dtype=np.float32) / 255.0
+    array: np.ndarray = np.asarray(image, dtype=np.float32) / 255.0
     array = (array - np.asarray(prep.mean, dtype=np.float32)) / np.asarray(prep.std, dtype=np.float32)
     return np.ascontiguousarray(array.transpose(2, 0, 1))
 

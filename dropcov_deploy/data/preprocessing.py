@@ -5,7 +5,7 @@ Kept free of torch so the edge runtime can preprocess with numpy and Pillow alon
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -22,7 +22,6 @@ class Preprocessing:
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: str = "bilinear"
     color: str = "RGB"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -31,16 +30,16 @@ class Preprocessing:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Preprocessing":
-        known = {k: data[k] for k in ("resize", "crop", "interpolation", "color") if k in data}
+    def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
+        """Read a recorded transform; unknown keys (older files' "extra") are ignored."""
+        known: dict[str, Any] = {k: data[k] for k in ("resize", "crop", "interpolation", "color") if k in data}
         if "mean" in data:
             known["mean"] = tuple(float(v) for v in data["mean"])
         if "std" in data:
             known["std"] = tuple(float(v) for v in data["std"])
-        known["extra"] = dict(data.get("extra", {}))
         return cls(**known)
 
     @classmethod
-    def imagenet(cls, image_size: int = 224) -> "Preprocessing":
+    def imagenet(cls, image_size: int = 224) -> Preprocessing:
         """The authors' ImageNet evaluation transform, scaled to `image_size`."""
         return cls(resize=round(image_size * 256 / 224), crop=image_size)

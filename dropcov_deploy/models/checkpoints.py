@@ -11,9 +11,10 @@ import os
 import pickle
 import re
 import zipfile
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,8 +23,8 @@ from dropcov_deploy.atomic import atomic_write
 from dropcov_deploy.data.preprocessing import Preprocessing
 from dropcov_deploy.errors import CheckpointError, InputError
 from dropcov_deploy.manifest import sha256_file
-from dropcov_deploy.models.layers import dim_from_triu_size
-from dropcov_deploy.models.registry import ArchSpec, create_model, get_arch, list_archs
+from dropcov_deploy.models.families import HeadSizes
+from dropcov_deploy.models.registry import ArchSpec, create_model, family_of, get_arch, get_family, list_archs, list_families
 
 FORMAT = "dropcov-deploy/1"
 _PREFIXES = ("module.", "_orig_mod.", "model.")
@@ -37,17 +38,16 @@ class CheckpointInfo:
     path: Path
     source_format: str  # "dropcov-deploy", "upstream", "model-dict" or "state-dict"
     arch: str
-    dim: int  # d (ResNet) or r (ViT)
+    dim: int  # d (resnet family) or r (xcov family)
     num_classes: int
     sha256: str
-    family: str = "resnet"
-    heads: int | None = None  # ViT head
+    family: str  # the model family's name (registry.get_family), from the head's tensors
+    heads: int | None = None  # xcov head
     class_names: list[str] | None = None
     input_size: int | None = None
     preprocessing: Preprocessing | None = None
     epoch: int | None = None
     accuracy: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def resolved_input_size(self) -> int:
         return self.input_size or get_arch(self.arch).default_image_size
@@ -90,7 +90,7 @@ def _strip_prefixes(state: Mapping[str, Any]) -> dict[str, Any]:
         changed = False
         for prefix in _PREFIXES:
             if all(key.startswith(prefix) for key in out):
-                out = {key[len(prefix):]: value for key, value in out.items()}
+                out = {key[len(prefix) :]: value for key, value in out.items()}
                 changed = True
     return out
 
@@ -116,52 +116,15 @@ def _split(obj: Any, path: Path) -> tuple[str, Mapping[str, Any], dict[str, Any]
     )
 
 
-@dataclass(frozen=True)
-class HeadSizes:
-    """What the head's tensors say: family, d (ResNet) or r (ViT), heads (ViT), classes."""
-
-    family: str
-    dim: int
-    num_classes: int
-    heads: int | None = None
-
-
-_AUTHORS_VIT_KEYS = ("visual_tokens.", "classifier.")
-
-
 def _head_sizes(state: Mapping[str, torch.Tensor], path: Path) -> HeadSizes:
-    """Infer the head's sizes: layer_reduce + fc (ResNet) or wr + visual_fc (ViT)."""
-    if "wr.weight" in state and "visual_fc.weight" in state:
-        return _vit_head_sizes(state, path)
-    if any(key.startswith(_AUTHORS_VIT_KEYS) for key in state) and "fc.weight" not in state:
-        raise CheckpointError(
-            f"{path}: looks like the authors' ViT/T2T checkpoint (DenseNet token stem), which maps onto no "
-            "timm backbone; only the authors' ResNet checkpoints load"
-        )
-    for key in ("layer_reduce.weight", "fc.weight"):
-        if key not in state:
-            raise CheckpointError(f"{path}: not a DropCov checkpoint (no '{key}' tensor, nor a ViT head's 'wr.weight')")
-    dim = int(state["layer_reduce.weight"].shape[0])
-    fc_out, fc_in = (int(s) for s in state["fc.weight"].shape)
-    if dim_from_triu_size(fc_in) != dim:
-        raise CheckpointError(
-            f"{path}: fc takes {fc_in} inputs but layer_reduce gives d={dim} "
-            f"(covariance triu of d={dim} has {dim * (dim + 1) // 2} values)"
-        )
-    return HeadSizes("resnet", dim, fc_out)
-
-
-def _vit_head_sizes(state: Mapping[str, torch.Tensor], path: Path) -> HeadSizes:
-    """wr is (3 * heads * r, width) and visual_fc (classes, heads * r * r): r and heads follow."""
-    projections = int(state["wr.weight"].shape[0])
-    classes, visual_in = (int(s) for s in state["visual_fc.weight"].shape)
-    if projections % 3 or (visual_in * 3) % projections:
-        raise CheckpointError(f"{path}: wr gives {projections} values and visual_fc takes {visual_in}: not a DropCov ViT head")
-    dim = visual_in * 3 // projections
-    heads = projections // (3 * dim) if dim else 0
-    if not heads or heads * dim * dim != visual_in:
-        raise CheckpointError(f"{path}: wr gives {projections} values and visual_fc takes {visual_in}: not a DropCov ViT head")
-    return HeadSizes("vit", dim, classes, heads)
+    """The head's sizes, from the first family that recognises its tensors."""
+    families = list_families()
+    for family in families:
+        sizes = family.head_sizes(state, path)
+        if sizes is not None:
+            return sizes
+    missing = [f"{family.name} head's '{next((k for k in family.head_keys if k not in state), family.head_keys[0])}'" for family in families]
+    raise CheckpointError(f"{path}: not a DropCov checkpoint (no {', nor '.join(missing)})")
 
 
 def _mismatches(model: nn.Module, state: Mapping[str, torch.Tensor]) -> list[str]:
@@ -171,9 +134,7 @@ def _mismatches(model: nn.Module, state: Mapping[str, torch.Tensor]) -> list[str
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in expected]
     wrong_shape = [
-        f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}"
-        for k in expected
-        if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
+        f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}" for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
     ]
     for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
         if keys:
@@ -183,11 +144,7 @@ def _mismatches(model: nn.Module, state: Mapping[str, torch.Tensor]) -> list[str
 
 
 def _build(spec: ArchSpec, sizes: HeadSizes, on_meta: bool, widths: list[int] | None = None, image_size: int | None = None) -> nn.Module:
-    kwargs: dict[str, Any] = {"num_classes": sizes.num_classes, "dim": sizes.dim}
-    if spec.family == "vit":
-        kwargs.update(heads=sizes.heads, image_size=image_size)
-    else:
-        kwargs["widths"] = widths
+    kwargs: dict[str, Any] = {"num_classes": sizes.num_classes, "dim": sizes.dim, **family_of(spec).build_kwargs(sizes, widths, image_size)}
     if on_meta:
         with torch.device("meta"):
             return create_model(spec.name, **kwargs)
@@ -195,10 +152,11 @@ def _build(spec: ArchSpec, sizes: HeadSizes, on_meta: bool, widths: list[int] | 
 
 
 def infer_arch(state: Mapping[str, torch.Tensor], sizes: HeadSizes, image_size: int | None = None) -> ArchSpec | None:
-    """The registered architecture whose keys and shapes match `state` exactly, if any."""
-    for spec in list_archs():
-        if spec.family != sizes.family:
-            continue
+    """The registered architecture whose keys and shapes match `state` exactly, if any.
+
+    Builds each of the family's architectures on the meta device: run it only when neither
+    the caller nor the checkpoint names one (or to explain a mismatch)."""
+    for spec in list_archs(sizes.family):
         size = image_size or spec.default_image_size
         if not _mismatches(_build(spec, sizes, on_meta=True, image_size=size), state):
             return spec
@@ -219,8 +177,9 @@ def _as_float(value: Any) -> float | None:
 def load_checkpoint_with_info(path: str | os.PathLike[str], arch: str | None = None) -> LoadedCheckpoint:
     """Load any supported checkpoint into a model in eval mode, with what it records.
 
-    `arch` overrides the name stored in the checkpoint; without either, the
-    architecture is inferred from the tensors. Keys that do not fit are an error.
+    `arch` overrides the name stored in the checkpoint; only without either (or with a
+    stored name we do not know) is the architecture inferred from the tensors. Keys that
+    do not fit are an error.
     """
     path = Path(path)
     requested = get_arch(arch) if arch else None
@@ -240,22 +199,25 @@ def load_checkpoint_with_info(path: str | os.PathLike[str], arch: str | None = N
             stored = get_arch(stored_name)
         except InputError:
             stored = None  # a name we do not know: fall back to the tensors
-    fitting = infer_arch(state, sizes, stored_size)
-    spec = requested or stored or fitting
+    family = get_family(sizes.family)
+    spec = requested or stored
+    fitting: ArchSpec | None = None
     if spec is None:
-        described = f"r={dim}, {sizes.heads} heads" if sizes.family == "vit" else f"d={dim}"
-        hint = "; for a timm backbone give --arch timm:<model>" if sizes.family == "vit" else ""
+        spec = fitting = infer_arch(state, sizes, stored_size)
+    if spec is None:
         raise CheckpointError(
-            f"{path}: tensors fit no known architecture ({described}, {num_classes} classes); "
-            f"known: {', '.join(s.name for s in list_archs() if s.family == sizes.family)}{hint}"
+            f"{path}: tensors fit no known architecture ({family.describe_head(dim, sizes.heads)}, {num_classes} classes); "
+            f"known: {', '.join(s.name for s in list_archs(family.name))}{family.no_arch_hint}"
         )
-    if spec.family != sizes.family:
-        raise CheckpointError(f"{path}: holds a {sizes.family} DropCov model, not a {spec.name} ({spec.family})")
+    if family_of(spec) is not family:
+        raise CheckpointError(f"{path}: holds a DropCov model of the {family.name} family, not a {spec.name} ({spec.family})")
 
     widths = [int(w) for w in meta["widths"]] if isinstance(meta.get("widths"), (list, tuple)) else None
     model = _build(spec, sizes, on_meta=False, widths=widths, image_size=stored_size or spec.default_image_size)
     problems = _mismatches(model, state)
     if problems:
+        if fitting is None:
+            fitting = infer_arch(state, sizes, stored_size)
         hint = f"; the tensors fit {fitting.name}" if fitting and fitting.name != spec.name else ""
         said = f" (checkpoint says {stored_name})" if stored_name and stored_name != spec.name else ""
         raise CheckpointError(f"{path}: weights do not fit {spec.name}{said}{hint}: {'; '.join(problems)}")

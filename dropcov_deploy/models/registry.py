@@ -1,40 +1,47 @@
-"""The architecture registry and `create_model`, the one way to build a model.
+"""The family and architecture registries and `create_model`, the one way to build a model.
 
-Two families: "resnet" (our ResNet-ACD, the authors' CNN layout) and "vit" (a timm
-backbone with the transformer DropCov head). `timm:<name>` names any timm model as a
-backbone; its spec is made on first use.
+An `ArchSpec` holds what every architecture has (name, family, default d or r, image
+size, summary) and its family's own `config`. The family modules register their
+`ModelFamily` and architectures on import: resnet_acd.py the CNN family "resnet",
+vit_drop.py "xcov" (timm backbones with the cross-covariance token head). Names a family
+resolves itself (`timm:<model>`) get their spec on first use.
 """
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from dropcov_deploy.errors import InputError
+from dropcov_deploy.models.families import ModelFamily, canonical_family
 
-IMAGENET_WIDTHS = (64, 128, 256, 512)
+# The modules that register families and architectures, imported on first lookup.
+FAMILY_MODULES = ("dropcov_deploy.models.resnet_acd", "dropcov_deploy.models.vit_drop")
 
 
 @dataclass(frozen=True)
 class ArchSpec:
-    """What an architecture name means: backbone layout and sensible defaults."""
+    """What an architecture name means: common defaults plus its family's `config`."""
 
     name: str
-    family: str  # "resnet" or "vit"
-    block: str
-    layers: tuple[int, ...]
-    default_dim: int  # d for ResNets, r (the head's per-head projection) for ViTs
-    widths: tuple[int, ...] = IMAGENET_WIDTHS
-    stem: str = "imagenet"
+    family: str
+    default_dim: int  # d for the resnet family, r (the head's per-head projection) for xcov
+    config: Any  # the family's own layout: resnet_acd.ResNetConfig, vit_drop.TokenHeadConfig
     default_image_size: int = 224
     summary: str = ""
-    timm_name: str = ""  # vit: the timm backbone
-    timm_kwargs: tuple[tuple[str, Any], ...] = ()  # vit: overrides of the timm model's defaults
-    heads: int = 0  # vit: the head's number of cross-covariance heads
-    token_layout: str = ""  # vit: "tokens", "NHWC" or "NCHW"; probed when empty
 
 
+_FAMILIES: dict[str, ModelFamily] = {}
 _REGISTRY: dict[str, ArchSpec] = {}
+
+
+def register_family(family: ModelFamily) -> ModelFamily:
+    if family.name in _FAMILIES:
+        raise ValueError(f"model family {family.name} registered twice")
+    _FAMILIES[family.name] = family
+    return family
 
 
 def register(spec: ArchSpec) -> ArchSpec:
@@ -44,76 +51,71 @@ def register(spec: ArchSpec) -> ArchSpec:
     return spec
 
 
-# d: the paper's headline ResNet-34/50/101 models use d = 128 (their parameter counts
-# only add up with it); ResNet-18's best result is at d = 256, the authors' code default.
-register(ArchSpec("resnet18_ACD", "resnet", "basic", (2, 2, 2, 2), 256, summary="ResNet-18 + DropCov"))
-register(ArchSpec("resnet34_ACD", "resnet", "basic", (3, 4, 6, 3), 128, summary="ResNet-34 + DropCov"))
-register(ArchSpec("resnet50_ACD", "resnet", "bottleneck", (3, 4, 6, 3), 128, summary="ResNet-50 + DropCov"))
-register(ArchSpec("resnet101_ACD", "resnet", "bottleneck", (3, 4, 23, 3), 128, summary="ResNet-101 + DropCov"))
-register(ArchSpec("resnet152_ACD", "resnet", "bottleneck", (3, 8, 36, 3), 128, summary="ResNet-152 + DropCov"))
-register(
-    ArchSpec(
-        "resnet10_compact_ACD",
-        "resnet",
-        "basic",
-        (1, 1, 1, 1),
-        32,
-        widths=(16, 32, 64, 128),
-        stem="compact",
-        default_image_size=32,
-        summary="compact ResNet-10 + DropCov for small images (3x3 stem, no max-pool)",
-    )
-)
-
-def _vit(name: str, timm_name: str, heads: int, r: int, layout: str, summary: str, image_size: int = 224, **timm_kwargs: Any) -> ArchSpec:
-    return ArchSpec(name, "vit", block="", layers=(), default_dim=r, widths=(), stem="", default_image_size=image_size,
-                    summary=summary, timm_name=timm_name, timm_kwargs=tuple(timm_kwargs.items()), heads=heads, token_layout=layout)
+def _ensure_loaded() -> None:
+    for module in FAMILY_MODULES:
+        importlib.import_module(module)
 
 
-# Transformers: timm backbones with the spec's head sizes (heads, r). DeiT-Tiny is timm's
-# (dim 192, the authors' own Tiny has dim 240 and a convolutional token stem); Swin-T has no
-# upstream configuration: it takes DeiT-S's head, the model of its size class.
-register(_vit("deit_tiny_drop", "deit_tiny_patch16_224", 6, 14, "tokens", "DeiT-Ti/16 + DropCov head"))
-register(_vit("deit_small_drop", "deit_small_patch16_224", 6, 24, "tokens", "DeiT-S/16 + DropCov head"))
-register(_vit("deit_base_drop", "deit_base_patch16_224", 12, 24, "tokens", "DeiT-B/16 + DropCov head"))
-register(_vit("swin_tiny_drop", "swin_tiny_patch4_window7_224", 6, 24, "NHWC", "Swin-T (window 7) + DropCov head"))
-register(
-    _vit(
-        "vit_compact_drop", "vit_tiny_patch16_224", 4, 8, "tokens",
-        "compact ViT (patch 8, width 128, depth 4) + DropCov head for small images",
-        image_size=32, patch_size=8, embed_dim=128, depth=4, num_heads=4, mlp_ratio=2.0,
-    )
-)
-
-TIMM_PREFIX = "timm:"
-TIMM_DEFAULT_HEADS, TIMM_DEFAULT_DIM = 6, 24  # DeiT-S's head, the family's reference member
+def list_families() -> list[ModelFamily]:
+    _ensure_loaded()
+    return sorted(_FAMILIES.values(), key=lambda family: family.order)
 
 
-def _timm_spec(name: str) -> ArchSpec:
-    """`timm:<model>`: any timm model whose forward_features yields tokens or a feature map."""
-    model_name = name[len(TIMM_PREFIX):]
-    import timm
-
-    if not model_name or not timm.is_model(model_name):
-        raise InputError(f"unknown timm model {model_name!r} in {name!r} (see timm.list_models())")
-    size = timm.get_pretrained_cfg_value(model_name, "input_size") or (3, 224, 224)
-    return _vit(name, model_name, TIMM_DEFAULT_HEADS, TIMM_DEFAULT_DIM, "", f"timm {model_name} + DropCov head", int(size[-1]))
+def find_family(name: str | None) -> ModelFamily | None:
+    """The family of that name (older names too, see `families.FAMILY_ALIASES`); None if unknown."""
+    if not name:
+        return None
+    _ensure_loaded()
+    return _FAMILIES.get(canonical_family(name))
 
 
-def list_archs() -> list[ArchSpec]:
-    return list(_REGISTRY.values())
+def get_family(name: str) -> ModelFamily:
+    """The family of that name (older names too); unknown names are an InputError."""
+    found = find_family(name)
+    if found is None:
+        raise InputError(f"unknown model family {name!r}; known: {', '.join(f.name for f in list_families())}")
+    return found
+
+
+def family_of(spec: ArchSpec) -> ModelFamily:
+    return get_family(spec.family)
+
+
+def list_archs(family: str | None = None) -> list[ArchSpec]:
+    """Registered architectures, family by family in registration order; only `family`'s if given."""
+    families = [get_family(family)] if family else list_families()
+    return [spec for f in families for spec in _REGISTRY.values() if spec.family == f.name]
 
 
 def get_arch(name: str) -> ArchSpec:
     """Look an architecture up by name (case-insensitive); unknown names list the known ones."""
+    _ensure_loaded()
     if name in _REGISTRY:
         return _REGISTRY[name]
-    if name.startswith(TIMM_PREFIX):
-        return _timm_spec(name)
+    for family in list_families():
+        found = family.lookup(name) if family.lookup else None
+        if found is not None:
+            return found
     by_lower = {key.lower(): spec for key, spec in _REGISTRY.items()}
     if name.lower() in by_lower:
         return by_lower[name.lower()]
-    raise InputError(f"unknown architecture {name!r}; known: {', '.join(_REGISTRY)}, or timm:<model>")
+    patterns = [pattern for family in list_families() for pattern in family.name_patterns]
+    known = ", ".join(spec.name for spec in list_archs()) + (f", or {' or '.join(patterns)}" if patterns else "")
+    raise InputError(f"unknown architecture {name!r}; known: {known}")
+
+
+def check_options(spec: ArchSpec, **options: Any) -> None:
+    """One-line errors for family options (TrainConfig fields, None when not given) that
+    `spec`'s family does not take or whose values it refuses; checked in the order given."""
+    own = family_of(spec).train_options
+    for option, value in options.items():
+        if value is None:
+            continue
+        rule = own.get(option) or next((f.train_options[option] for f in list_families() if option in f.train_options), None)
+        if rule is None:
+            raise ValueError(f"no model family takes the option {option!r}")
+        if option not in own or not rule.valid(value):
+            raise InputError(rule.message.format(arch=spec.name, family=spec.family, value=value))
 
 
 def create_model(
@@ -129,30 +131,21 @@ def create_model(
 ):
     """Build an architecture by name, in train mode with fresh weights, like timm.create_model.
 
-    ResNets: `widths` overrides the four stage widths (narrower models for small data).
-    ViTs: `heads` and `dim` (r) size the head; `image_size` rebuilds the backbone's position
+    resnet: `widths` overrides the four stage widths (narrower models for small data).
+    xcov: `heads` and `dim` (r) size the head; `image_size` rebuilds the backbone's position
     embeddings; `pretrained_backbone` loads timm's ImageNet weights: True downloads them (network
-    access), a path reads a local timm weights file.
+    access), a path reads a local timm weights file. Options of the other family are ignored.
     """
     spec = get_arch(arch)
-    if spec.family == "vit":
-        from dropcov_deploy.models.vit_drop import create_vit
-
-        model = create_vit(
-            spec, num_classes=num_classes, dim=dim or spec.default_dim, heads=heads or spec.heads,
-            image_size=image_size or spec.default_image_size, pretrained=pretrained_backbone,
-        )
-    else:
-        from dropcov_deploy.models.resnet_acd import ResNetACD
-
-        model = ResNetACD(
-            spec.block,
-            spec.layers,
-            num_classes=num_classes,
-            dim=spec.default_dim if dim is None else dim,
-            widths=tuple(widths) if widths else spec.widths,
-            stem=spec.stem,
-            drop_scale=drop_scale,
-        )
+    model = family_of(spec).create(
+        spec,
+        num_classes=num_classes,
+        dim=dim,
+        heads=heads,
+        widths=widths,
+        image_size=image_size,
+        pretrained=pretrained_backbone,
+        drop_scale=drop_scale,
+    )
     model.arch = spec.name
     return model

@@ -3,22 +3,35 @@
 Module names follow the authors' `ResNet_ACD` exactly (they are the state_dict keys
 of their checkpoints): conv1, bn1, layer1..layer4, layer_reduce, layer_reduce_bn,
 layer_reduce_relu, eca_layer, cov, fc. There is no avgpool.
+
+This module registers the "resnet" model family (its hooks: creation, head sizes from a
+state_dict, graph rules, recipe) and its architectures.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
+
+from dropcov_deploy.errors import CheckpointError
+from dropcov_deploy.models.families import HeadSizes, ModelFamily, OptionRule, Recipe
 from dropcov_deploy.models.layers import (
     ECA,
     AdaptiveChannelDropout,
     CovariancePool,
     TriuVectorize,
+    dim_from_triu_size,
     triu_size,
 )
+from dropcov_deploy.models.registry import ArchSpec, register, register_family
 
+FAMILY = "resnet"
+IMAGENET_WIDTHS = (64, 128, 256, 512)
 
 
 class BasicBlock(nn.Module):
@@ -186,3 +199,114 @@ class ResNetACD(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_reduce(self.forward_backbone(x)))
+
+
+# ------------------------------------------------------------------ the "resnet" family
+@dataclass(frozen=True)
+class ResNetConfig:
+    """A ResNet-ACD's layout: block type, blocks per stage, stage widths, stem."""
+
+    block: str
+    layers: tuple[int, ...]
+    widths: tuple[int, ...] = IMAGENET_WIDTHS
+    stem: str = "imagenet"  # "compact": 3x3 stride-1 stem without max-pool, for small images
+
+
+def _create(
+    spec: ArchSpec,
+    *,
+    num_classes: int,
+    dim: int | None,
+    heads: int | None,
+    widths: Sequence[int] | None,
+    image_size: int | None,
+    pretrained: bool | str,
+    drop_scale: float,
+) -> ResNetACD:
+    config: ResNetConfig = spec.config
+    return ResNetACD(
+        config.block,
+        config.layers,
+        num_classes=num_classes,
+        dim=spec.default_dim if dim is None else dim,
+        widths=tuple(widths) if widths else config.widths,
+        stem=config.stem,
+        drop_scale=drop_scale,
+    )
+
+
+def _head_sizes(state: Mapping[str, torch.Tensor], path: Path) -> HeadSizes | None:
+    """layer_reduce gives d, fc (classes, d(d+1)/2) must take its triu."""
+    if "layer_reduce.weight" not in state or "fc.weight" not in state:
+        return None
+    dim = int(state["layer_reduce.weight"].shape[0])
+    fc_out, fc_in = (int(s) for s in state["fc.weight"].shape)
+    if dim_from_triu_size(fc_in) != dim:
+        raise CheckpointError(f"{path}: fc takes {fc_in} inputs but layer_reduce gives d={dim} (covariance triu of d={dim} has {triu_size(dim)} values)")
+    return HeadSizes(FAMILY, dim, fc_out)
+
+
+def _graph_rules(proto, info) -> list[str]:
+    """The triu is one Gather with a constant d(d+1)/2-entry index."""
+    size = triu_size(info.dim)
+    initializers = {t.name: t for t in proto.graph.initializer}
+    gathers = [n for n in proto.graph.node if n.op_type == "Gather"]
+    triu = [n for n in gathers if n.input[1] in initializers and list(initializers[n.input[1]].dims) == [size]]
+    if len(triu) != 1:
+        return [f"expected one Gather with a constant {size}-entry index, found {len(triu)}"]
+    return []
+
+
+def _table_fields(spec: ArchSpec) -> dict[str, Any]:
+    return {"block": spec.config.block, "layers": list(spec.config.layers), "heads": None}
+
+
+register_family(
+    ModelFamily(
+        name=FAMILY,
+        order=0,
+        create=_create,
+        head_sizes=_head_sizes,
+        head_keys=("layer_reduce.weight", "fc.weight"),
+        build_kwargs=lambda sizes, widths, image_size: {"widths": widths},
+        describe_head=lambda dim, heads: f"d={dim}",
+        graph_rules=_graph_rules,
+        exporter_note="ECA and adaptive dropout folded away",
+        manifest_fields=lambda info: {},
+        backbone_text=lambda spec: f"{spec.config.block} {'-'.join(map(str, spec.config.layers))}",
+        fc_inputs=lambda spec: triu_size(spec.default_dim),
+        table_fields=_table_fields,
+        recipe=Recipe("sgd", 0.05, 1e-4),  # upstream ResNet recipe (lr 0.05 here)
+        forbidden_ops=("Softmax",),  # ECA's, training only
+        train_options={
+            "widths": OptionRule(
+                lambda widths: len(widths) == 4,
+                "--width takes four stage widths like 16,32,64,128 (ResNets only); got {value} for {arch}",
+            ),
+        },
+        reference_dim=128,
+    )
+)
+
+
+def _resnet(name: str, block: str, layers: tuple[int, ...], dim: int, summary: str, image_size: int = 224, **config: Any) -> ArchSpec:
+    return register(ArchSpec(name, FAMILY, dim, ResNetConfig(block, layers, **config), image_size, summary))
+
+
+# d: the paper's headline ResNet-34/50/101 models use d = 128 (their parameter counts
+# only add up with it); ResNet-18's best result is at d = 256, the authors' code default.
+_resnet("resnet18_ACD", "basic", (2, 2, 2, 2), 256, "ResNet-18 + DropCov")
+_resnet("resnet34_ACD", "basic", (3, 4, 6, 3), 128, "ResNet-34 + DropCov")
+_resnet("resnet50_ACD", "bottleneck", (3, 4, 6, 3), 128, "ResNet-50 + DropCov")
+_resnet("resnet101_ACD", "bottleneck", (3, 4, 23, 3), 128, "ResNet-101 + DropCov")
+_resnet("resnet152_ACD", "bottleneck", (3, 8, 36, 3), 128, "ResNet-152 + DropCov")
+_resnet(
+    "resnet10_compact_ACD",
+    "basic",
+    (1, 1, 1, 1),
+    32,
+    "compact ResNet-10 + DropCov for small images (3x3 stem, no max-pool)",
+    image_size=32,
+    widths=(16, 32, 64, 128),
+    stem="compact",
+)

@@ -8,14 +8,15 @@ preprocessed arrays) keys the calibration cache, so a rebuild does not recalibra
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
 
 import numpy as np
 
 from dropcov_deploy.data.preprocessing import Preprocessing
-from dropcov_deploy.errors import InputError
+from dropcov_deploy.errors import InputError, first_line
+from dropcov_deploy.manifest import Manifest
 
 MIN_CALIBRATION_IMAGES = 8
 DEFAULT_CALIBRATION_SIZE = 512
@@ -44,9 +45,27 @@ class CalibrationSet:
             yield self.data[start : start + batch_size]
 
 
-def expected_input_shape(manifest: dict[str, Any]) -> tuple[int, int, int]:
-    shape = manifest["input"]["shape"]
-    return int(shape[1]), int(shape[2]), int(shape[3])
+@dataclass
+class ReferencePass:
+    """The FP32 graph on the calibration set: its logits (what every precision graph is scored
+    against) and the largest |fc input| (the covariance vector's range, for an INT8 fc)."""
+
+    logits: np.ndarray
+    fc_input_amax: float
+
+
+def reference_pass(onnx_path: Path, calibration: CalibrationSet) -> ReferencePass:
+    """One pass of the FP32 graph over the calibration set gives both."""
+    from dropcov_deploy import head_graph, onnx_io
+    from dropcov_deploy.probe import run_exposed
+
+    model = onnx_io.load(onnx_path)
+    tensor, logits_name = head_graph.fc_input(model), model.graph.output[0].name
+    logits, amax = [], 0.0
+    for outputs in run_exposed(model, [tensor], calibration.batches()):
+        logits.append(outputs[logits_name])
+        amax = max(amax, float(np.abs(outputs[tensor]).max()))
+    return ReferencePass(np.concatenate(logits), amax)
 
 
 def _subsample(count: int, size: int | None) -> np.ndarray:
@@ -59,7 +78,7 @@ def _from_arrays(path: Path, input_name: str) -> np.ndarray:
     try:
         loaded = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise InputError(f"{path}: not a readable .npy/.npz file ({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise InputError(f"{path}: not a readable .npy/.npz file ({exc.__class__.__name__}: {first_line(exc)})") from None
     if isinstance(loaded, np.lib.npyio.NpzFile):
         with loaded:
             names = list(loaded.files)
@@ -73,7 +92,7 @@ def _from_arrays(path: Path, input_name: str) -> np.ndarray:
 
 def load_calibration(
     source: str | Path,
-    manifest: dict[str, Any],
+    manifest: Manifest,
     size: int | None = DEFAULT_CALIBRATION_SIZE,
 ) -> CalibrationSet:
     """Load an image folder or .npy/.npz arrays, checked against the model's input."""
@@ -84,21 +103,20 @@ def load_calibration(
         raise InputError(f"{source}: no such calibration folder or file")
     if size is not None and size < MIN_CALIBRATION_IMAGES:
         raise InputError(f"--calib-size {size} is too small; use at least {MIN_CALIBRATION_IMAGES}")
-    channels, height, width = expected_input_shape(manifest)
+    spec = manifest.require_input(source)
+    channels, height, width = spec.image_shape
     labels = None
     if source.is_dir():
         images = list_images(source)
         chosen = _subsample(len(images), size)
-        prep = Preprocessing.from_dict(manifest["preprocessing"])
+        prep = Preprocessing.from_dict(manifest.preprocessing or {})
         data = load_batch([images.paths[i] for i in chosen], prep)
         if images.labels is not None:
             labels = np.asarray(images.labels)[chosen]
     elif source.suffix.lower() in (".npy", ".npz"):
-        data = _from_arrays(source, manifest["input"]["name"])
+        data = _from_arrays(source, spec.name)
         if data.ndim != 4 or tuple(data.shape[1:]) != (channels, height, width):
-            raise InputError(
-                f"{source}: arrays of shape {tuple(data.shape)} do not fit the model's input (N, {channels}, {height}, {width})"
-            )
+            raise InputError(f"{source}: arrays of shape {tuple(data.shape)} do not fit the model's input (N, {channels}, {height}, {width})")
         if not np.issubdtype(data.dtype, np.floating):
             raise InputError(f"{source}: arrays are {data.dtype}; expected preprocessed float32 inputs")
         data = data[_subsample(len(data), size)].astype(np.float32)

@@ -8,16 +8,18 @@ outputs stay FP32. AutoCast's reference run uses real calibration images.
 
 from __future__ import annotations
 
-import logging
 import re
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from dropcov_deploy import onnx_graph
-from dropcov_deploy.errors import BackendUnavailable
+from dropcov_deploy import head_graph, onnx_io
+from dropcov_deploy.errors import BackendUnavailable, InputError
+from dropcov_deploy.precision import PrecisionRequest
 from dropcov_deploy.precision.calibration import CalibrationSet
+from dropcov_deploy.precision.quiet import quiet_quantizers
 
 REFERENCE_IMAGES = 64  # AutoCast's reference run: enough real images to see activation ranges
 
@@ -27,30 +29,18 @@ def require_modelopt() -> None:
         import modelopt.onnx  # noqa: F401
     except ImportError as exc:
         raise BackendUnavailable(
-            f"ModelOpt is not installed ({exc.name}): pip install 'nvidia-modelopt[onnx]' "
-            "(or this package's [build] extra) for FP16 and TensorRT INT8"
+            f"ModelOpt is not installed ({exc.name}): pip install 'nvidia-modelopt[onnx]' (or this package's [build] extra) for FP16 and TensorRT INT8"
         ) from None
-
-
-def _quiet_modelopt() -> None:
-    for name in ("modelopt", "autocast", "onnx2trt", "polygraphy"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        from modelopt.onnx.autocast import configure_logging
-
-        configure_logging("ERROR")
-    except Exception:  # older ModelOpt: its loggers are silenced above
-        pass
 
 
 def convert_fp16(onnx_path: Path, calibration: CalibrationSet, input_name: str = "input"):
     """Mixed-precision FP16 ModelProto with FP32 I/O and an FP32 covariance block."""
-    full = onnx_graph.load(onnx_path)
-    onnx_graph.ensure_node_names(full)
-    pinned = onnx_graph.covariance_block(full)
+    full = onnx_io.load(onnx_path)
+    onnx_io.ensure_node_names(full)
+    pinned = head_graph.covariance_block(full)
     with tempfile.TemporaryDirectory(prefix="dropcov-fp16-") as tmp:
         named = Path(tmp) / "named.onnx"
-        onnx_graph.save(full, named)
+        onnx_io.save(full, named)
         return autocast_fp16(named, calibration, pinned, input_name), pinned
 
 
@@ -62,12 +52,12 @@ def autocast_fp16(onnx_path: Path, calibration: CalibrationSet, keep_fp32: list[
     FP32, and AutoCast puts a Cast between every DQ and its layer, which TensorRT's Q/DQ
     fusion does not look through."""
     require_modelopt()
-    _quiet_modelopt()
     from modelopt.onnx.autocast import convert_to_mixed_precision
 
-    with tempfile.TemporaryDirectory(prefix="dropcov-autocast-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="dropcov-autocast-") as tmp, quiet_quantizers():
         reference = Path(tmp) / "reference.npz"
-        np.savez(reference, **{input_name: calibration.data[:REFERENCE_IMAGES]})
+        arrays: dict[str, Any] = {input_name: calibration.data[:REFERENCE_IMAGES]}
+        np.savez(reference, **arrays)
         return convert_to_mixed_precision(
             onnx_path=str(onnx_path),
             low_precision_type="fp16",
@@ -77,3 +67,12 @@ def autocast_fp16(onnx_path: Path, calibration: CalibrationSet, keep_fp32: list[
             providers=["cpu"],
             opset=opset,
         )
+
+
+def precision_graph(request: PrecisionRequest):
+    """FP16 for any target: TensorRT builds its engine from this graph, ONNX Runtime runs it."""
+    if request.calibration is None:
+        raise InputError("FP16 needs calibration images")
+    with request.step("converting to FP16 (AutoCast, covariance block pinned to FP32)"):
+        proto, pinned = convert_fp16(request.model, request.calibration)
+    return proto, {"autocast": "modelopt.onnx.autocast", "covariance_block_fp32": pinned, "io": "fp32"}

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from dropcov_deploy import onnx_graph
+from dropcov_deploy import onnx_io
 
 SENSITIVE_OPS = ("LayerNormalization", "Softmax")
 CHECK_IMAGES = 8
@@ -37,7 +37,7 @@ def sensitive_op_report(fp32_onnx: Path, precision_onnx: Path, batch: np.ndarray
     from dropcov_deploy.metrics import relative_error
     from dropcov_deploy.probe import run_exposed
 
-    reference_model, model = onnx_graph.load(fp32_onnx), onnx_graph.load(precision_onnx)
+    reference_model, model = onnx_io.load(fp32_onnx), onnx_io.load(precision_onnx)
     reference_nodes = {n.name: n for n in reference_model.graph.node if n.op_type in SENSITIVE_OPS}
     nodes = [n for n in model.graph.node if n.op_type in SENSITIVE_OPS and n.name in reference_nodes]
     if not nodes:

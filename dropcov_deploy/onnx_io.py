@@ -1,6 +1,7 @@
-"""ONNX graph utilities: load, check, save (atomically, external data when large), describe.
+"""Generic ONNX I/O: load, check, save (external data when large), describe, node tables.
 
-Only `onnx` and numpy: these run on any machine, and on the precision graphs too.
+Nothing here knows about DropCov (that is `head_graph`). Only `onnx` and numpy, imported
+lazily: these run on any machine, and on the precision graphs too.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import collections
 from pathlib import Path
 from typing import Any
 
-from dropcov_deploy.errors import InputError
+from dropcov_deploy.errors import InputError, first_line
 
 PROTOBUF_LIMIT = 2 * 1024**3
 # Leave head-room below protobuf's 2 GiB: the graph itself and metadata need bytes too.
@@ -29,8 +30,7 @@ def load(path: Path, load_external_data: bool = True):
     try:
         model = onnx.load(str(path), load_external_data=load_external_data)
     except (DecodeError, RuntimeError, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{path}: not a readable ONNX model ({first})") from None
+        raise InputError(f"{path}: not a readable ONNX model ({first_line(exc)})") from None
     if not model.graph.node:
         raise InputError(f"{path}: not an ONNX model (empty graph)")
     return model
@@ -60,8 +60,7 @@ def check(path: Path) -> None:
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise InputError(f"{path}: fails the ONNX checker ({first})") from None
+        raise InputError(f"{path}: fails the ONNX checker ({first_line(exc)})") from None
 
 
 def _initializer_bytes(model) -> int:
@@ -139,9 +138,7 @@ def opset(model) -> int:
 
 
 def op_counts(model) -> dict[str, int]:
-    counts = collections.Counter(
-        f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type for node in model.graph.node
-    )
+    counts = collections.Counter(f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type for node in model.graph.node)
     return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
@@ -196,17 +193,6 @@ def producers(model) -> dict[str, Any]:
     return {output: node for node in model.graph.node for output in node.output}
 
 
-# Ops the covariance block is made of (between the layer that makes its input and the fc):
-# centring, scaling, layout, the product, shape arithmetic, and precision plumbing.
-_BLOCK_OPS = frozenset(
-    ("ReduceMean", "Sub", "Mul", "Div", "Transpose", "Reshape", "Flatten", "Gather", "Split", "Slice", "Squeeze",
-     "Unsqueeze", "Identity", "Shape", "Concat", "Expand", "Constant", "Cast", "QuantizeLinear", "DequantizeLinear")
-)
-# From the product to the fc: layout only (ResNet: flatten + triu Gather; ViT: flatten).
-_HEAD_LAYOUT_OPS = frozenset(("Reshape", "Flatten", "Gather", "Transpose", "Squeeze", "Unsqueeze", "Identity"))
-_PRECISION_OPS = ("QuantizeLinear", "DequantizeLinear", "Cast")
-
-
 def consumers(model) -> dict[str, list[Any]]:
     table: dict[str, list[Any]] = collections.defaultdict(list)
     for node in model.graph.node:
@@ -215,115 +201,15 @@ def consumers(model) -> dict[str, list[Any]]:
     return table
 
 
-def float_source(made_by: dict[str, Any], tensor: str) -> str:
-    """Walk back through Q/DQ and Cast to the tensor a precision graph computed in float."""
-    while tensor in made_by and made_by[tensor].op_type in _PRECISION_OPS:
-        tensor = made_by[tensor].input[0]
-    return tensor
-
-
-def _is_constant(tensor: str, made_by: dict[str, Any], initializers: set[str]) -> bool:
-    source = float_source(made_by, tensor)
-    return source in initializers or (source in made_by and made_by[source].op_type == "Constant")
-
-
-def covariance_product(model):
-    """The covariance's product: the last MatMul of two computed tensors.
-
-    Both families' head ends in such a product (ResNet: X X^T; ViT: q^T k). Every other
-    activation-by-activation MatMul (a transformer's attention) feeds the head, so in a
-    topologically sorted graph the head's product comes last.
-    """
-    initializers = {t.name for t in model.graph.initializer}
-    made_by = producers(model)
-    products = [
-        node for node in model.graph.node
-        if node.op_type == "MatMul" and not any(_is_constant(name, made_by, initializers) for name in node.input)
-    ]
-    if not products:
-        raise InputError("no covariance product (a MatMul of two activations) in the graph: not a dropcov-deploy export?")
-    return products[-1]
-
-
-def fc_node(model):
-    """The classifier that reads the covariance: the first Gemm/MatMul after the product,
-    through layout ops (flatten, triu Gather) and precision plumbing (Q/DQ, Cast)."""
-    table = consumers(model)
-    frontier = [covariance_product(model).output[0]]
-    visited: set[str] = set()
-    while frontier:
-        tensor = frontier.pop()
-        for node in table.get(tensor, []):
-            if node.op_type in ("Gemm", "MatMul"):
-                return node
-            if node.name not in visited and (node.op_type in _HEAD_LAYOUT_OPS or node.op_type in _PRECISION_OPS):
-                visited.add(node.name)
-                frontier.extend(node.output)
-    raise InputError("no fully connected layer found after the covariance product")
-
-
-def fc_input(model) -> str:
-    """The float tensor the covariance fc reads (ResNet: the triu vector; ViT: vec(P))."""
-    return float_source(producers(model), fc_node(model).input[0])
-
-
-def covariance_block(model) -> list[str]:
-    """Names of the covariance nodes: centring, scale, product, flatten and triu Gather.
-
-    Walks back from the product through `_BLOCK_OPS` and stops at the layer that makes
-    the block's input (ResNet: the ReLU after layer_reduce; ViT: the wr MatMul), then
-    forward from the product through layout ops to the fc. Everything in between must
-    stay in FP32 and never be quantized. Shape nodes join the block but are not walked
-    through (they read, not compute). Precision-converted graphs are handled too (Cast,
-    Q/DQ and Constant nodes inside the block are part of it).
-    """
-    initializers = {t.name for t in model.graph.initializer}
-    made_by = producers(model)
-    product = covariance_product(model)
-    block: dict[str, None] = {product.name: None}
-    stack = [product]
-    while stack:
-        node = stack.pop()
-        if node.op_type == "Shape":
-            continue
-        for name in node.input:
-            parent = made_by.get(name) if name and name not in initializers else None
-            if parent is None or parent.name in block or parent.op_type not in _BLOCK_OPS:
-                continue
-            block[parent.name] = None
-            stack.append(parent)
-    fc = fc_node(model)
-    table = consumers(model)
-    frontier = [product.output[0]]
-    while frontier:
-        for node in table.get(frontier.pop(), []):
-            if node is not fc and node.op_type in _HEAD_LAYOUT_OPS and node.name not in block:
-                block[node.name] = None
-                frontier.extend(node.output)
-    return list(block)
-
-
-def block_input(model) -> str:
-    """The float tensor the covariance is taken of (ResNet: the reduced map; ViT: wr's output):
-    where the walk back from the product along each node's data input leaves the block."""
-    initializers = {t.name for t in model.graph.initializer}
-    made_by = producers(model)
-    block = set(covariance_block(model))
-    tensor = covariance_product(model).input[0]
-    while tensor in made_by and made_by[tensor].name in block:
-        tensor = next(n for n in made_by[tensor].input if n and not _is_constant(n, made_by, initializers))
-    return float_source(made_by, tensor)
-
-
-def layer_input(model, tensor: str) -> str:
-    """The activation a layer read to make `tensor`: back through ReLU / bias Add / BatchNorm
-    to the Conv, Gemm or MatMul, then its data input (the block's `backbone` stage)."""
-    initializers = {t.name for t in model.graph.initializer}
-    made_by = producers(model)
-    node = made_by[float_source(made_by, tensor)]
-    while node.op_type in ("Relu", "Add", "BatchNormalization", *_PRECISION_OPS):
-        data = [n for n in node.input if n and not _is_constant(n, made_by, initializers)]
-        node = made_by[data[0]]
-    if node.op_type not in ("Conv", "Gemm", "MatMul"):
-        raise InputError(f"the covariance's input is made by a {node.op_type}, not a Conv or linear layer")
-    return float_source(made_by, node.input[0])
+def drop_dead_nodes(model) -> None:
+    """Remove nodes whose outputs nothing reads (after graph surgery), then unused initializers."""
+    outputs = {o.name for o in model.graph.output}
+    changed = True
+    while changed:
+        changed = False
+        used = {name for node in model.graph.node for name in node.input} | outputs
+        for node in list(model.graph.node):
+            if not any(out in used for out in node.output):
+                model.graph.node.remove(node)
+                changed = True
+    drop_unused_initializers(model)

@@ -1,0 +1,41 @@
+"""One way to keep ModelOpt's and ONNX Runtime's quantizers quiet.
+
+They log per node and draw unlabelled tqdm bars on stderr; our CLI shows its own
+steps. Loggers go to ERROR, tqdm is disabled and stray prints are swallowed for the
+duration, then everything is put back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+from collections.abc import Iterator
+
+QUANTIZER_LOGGERS = ("modelopt", "autocast", "onnx2trt", "polygraphy", "onnxruntime", "root")
+
+
+@contextlib.contextmanager
+def quiet_quantizers() -> Iterator[None]:
+    levels = {name: logging.getLogger(name).level for name in QUANTIZER_LOGGERS}
+    for name in levels:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:  # AutoCast configures its own logger; older ModelOpt has none (silenced above)
+        from modelopt.onnx.autocast import configure_logging
+
+        configure_logging("ERROR")
+    except Exception:  # noqa: BLE001 - ModelOpt absent or older: nothing more to silence
+        pass
+    tqdm_was = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+        if tqdm_was is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = tqdm_was

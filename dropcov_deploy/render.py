@@ -1,0 +1,247 @@
+"""What the terminal shows: every table, summary and progress bar of the CLI, in one place.
+
+The library returns dataclasses and dicts; the CLI hands them to these functions. Only
+this module, `console` and `cli` import rich (a test checks it), so the library can be
+used from Python, a notebook or a service without a terminal UI.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.markup import escape
+from rich.table import Table
+
+from dropcov_deploy.console import err, out
+
+
+# ------------------------------------------------------------------ models, inspect
+def architecture_table(rows: list[dict[str, Any]]) -> None:
+    table = Table(title="DropCov architectures (1000 classes); any timm model also works as timm:<name>")
+    table.add_column("architecture", no_wrap=True)
+    for name, justify in (("backbone", "left"), ("head", "left"), ("fc inputs", "right"), ("image", "right"), ("params", "right"), ("params d=128", "right")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for row in rows:
+        table.add_row(
+            row["arch"],
+            row["backbone"],
+            f"{row['heads']} heads, r={row['default_dim']}" if row.get("heads") else f"d={row['default_dim']}",
+            f"{row['fc_inputs']:,}",
+            str(row["image_size"]),
+            f"{row['params'] / 1e6:.2f} M",
+            f"{row['params_d128'] / 1e6:.2f} M" if row["params_d128"] else "-",
+        )
+    out.print(table)
+
+
+def inspection(description: dict[str, Any]) -> None:
+    table = Table(title=f"{description['kind']}: {description['path']}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    for key, value in description.items():
+        if key in ("kind", "path", "op_counts"):
+            continue
+        if key in ("inputs", "outputs"):
+            value = "; ".join(f"{v['name']} {v['shape']} {v['dtype']}" for v in value)
+        elif key == "manifest" and isinstance(value, dict):
+            value = _manifest_summary(value)
+        elif key == "parameter_bytes":
+            value = f"{value / 1e6:.1f} MB"
+        elif isinstance(value, list) and len(value) > 12:
+            value = ", ".join(map(str, value[:12])) + f", ... ({len(value)} in all)"
+        elif isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items() if v not in ({}, None))
+        elif isinstance(value, int) and key == "parameters":
+            value = f"{value:,}"
+        table.add_row(key, "-" if value is None else str(value))
+    out.print(table)
+    if description["kind"] == "onnx":
+        ops = Table(title="operators", show_header=True)
+        ops.add_column("op")
+        ops.add_column("count", justify="right")
+        for op, count in description["op_counts"].items():
+            ops.add_row(op, str(count))
+        out.print(ops)
+
+
+def _manifest_summary(manifest: dict[str, Any]) -> str:
+    parts = []
+    for key in ("arch", "dim", "num_classes", "precision", "opset"):
+        if key in manifest:
+            parts.append(f"{key}={manifest[key]}")
+    if isinstance(manifest.get("input"), dict):
+        parts.append(f"input={manifest['input'].get('shape')} batch={manifest['input'].get('batch')}")
+    if isinstance(manifest.get("preprocessing"), dict):
+        prep = manifest["preprocessing"]
+        parts.append(f"preprocessing=resize {prep.get('resize')} crop {prep.get('crop')} mean {prep.get('mean')} std {prep.get('std')}")
+    if isinstance(manifest.get("source"), dict):
+        parts.append(f"source={manifest['source'].get('checkpoint')} (sha256 {str(manifest['source'].get('sha256'))[:12]})")
+    if isinstance(manifest.get("parity"), dict) and manifest["parity"].get("checked"):
+        parts.append(f"parity={manifest['parity']['max_relative_error']:.1e}")
+    if manifest.get("sha256"):
+        parts.append(f"sha256={manifest['sha256'][:12]}")
+    return "\n".join(parts)
+
+
+# ------------------------------------------------------------------ train
+class TrainProgressBars:
+    """train's TrainProgress as rich progress bars on stderr: one bar per epoch, live loss and accuracy."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(),
+            console=err,
+            transient=False,
+        )
+        self._task: Any = None
+
+    def __enter__(self) -> TrainProgressBars:
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._progress.__exit__(*exc)
+
+    def epoch_started(self, epoch: int, epochs: int, batches: int) -> None:
+        self._task = self._progress.add_task(f"epoch {epoch}/{epochs}", total=batches, stats="")
+
+    def batch_done(self, loss: float, accuracy: float, images_per_second: float) -> None:
+        self._progress.update(self._task, advance=1, stats=f"loss {loss:.3f}  acc {accuracy:.3f}  {images_per_second:.0f} img/s")
+
+    def epoch_done(self, stats: Any) -> None:
+        self._progress.update(
+            self._task,
+            stats=f"loss {stats.train_loss:.3f}  acc {stats.train_accuracy:.3f}  "
+            f"val {stats.val_accuracy:.3f}  rho {stats.drop_rate or 0:.2f}  {stats.images_per_second:.0f} img/s",
+        )
+
+
+def train_summary(result: Any) -> None:
+    final = result.history[-1]
+    out.print(
+        f"best val accuracy {result.best_accuracy:.4f}; last epoch {final.epoch}: val {final.val_accuracy:.4f}, "
+        f"{final.images_per_second:.0f} img/s on {result.world_size} process(es)\n"
+        f"best: {result.best_path}\nlast: {result.last_path}"
+    )
+
+
+# ------------------------------------------------------------------ export, build
+def export_summary(result: Any) -> None:
+    parity = result.manifest["parity"]
+    verdict = f"parity {parity['max_relative_error']:.1e} relative (tolerance {parity['tolerance']:.0e})" if parity.get("checked") else "parity not checked"
+    out.print(f"wrote [bold]{result.path}[/] and {result.manifest_path.name} in {result.seconds:.1f} s; {verdict}")
+
+
+def build_summary(result: Any) -> None:
+    manifest = result.manifest.to_dict()
+    details = manifest.get("precision_details", {})
+    check = details.get("check", {})
+    summary = [f"wrote [bold]{result.precision_onnx}[/] ({manifest['precision']}, {'from cache' if result.cached else 'built'}) in {result.seconds:.1f} s"]
+    if check:
+        summary.append(
+            f"on {manifest['calibration']['images']} calibration images: top-1 agreement with FP32 {check['top1_agreement']:.4f}"
+            + (f", accuracy {check['accuracy']:.4f} (FP32 {check['reference_accuracy']:.4f})" if "accuracy" in check else "")
+        )
+    if "fc" in details:
+        summary.append(f"fc: {details['fc']['why']}")
+    for op_type, numbers in details.get("sensitive_ops", {}).items():
+        summary.append(
+            f"{op_type}: {numbers['fp16_nodes']}/{numbers['nodes']} nodes in FP16, max relative error {numbers['max_relative_error']:.1e} "
+            f"vs FP32, largest input {numbers['max_abs_input']:.3g}, {numbers['nonfinite']} non-finite"
+        )
+    if result.ort_optimized:
+        summary.append(f"ONNX Runtime-optimized model: {result.ort_optimized}")
+    if result.engine:
+        summary.append(f"TensorRT engine: {result.engine}")
+    out.print("\n".join(summary), highlight=False)
+
+
+# ------------------------------------------------------------------ verify, bench, predict
+def verify_table(report: dict[str, Any]) -> None:
+    table = Table(title=f"verify: {report['samples']} inputs, reference {escape(report['reference']['arch'])} (PyTorch FP32)")
+    for column in ("artifact", "precision", "backend", "rel. error", "cos min", "top-1", "top-5", "non-finite", "accuracy", "gates"):
+        table.add_column(column)
+    reference_accuracy = report["reference"].get("accuracy")
+    table.add_row("PyTorch (reference)", "fp32", "torch", "-", "-", "-", "-", "-", "-" if reference_accuracy is None else f"{reference_accuracy:.4f}", "")
+    for artifact in report["artifacts"]:
+        m = artifact["metrics"]
+        failed = [name for name, g in artifact["gates"].items() if g["passed"] is False]
+        verdict = "[green]pass[/]" if artifact["passed"] else "[red]FAIL: " + escape(", ".join(failed)) + "[/]"
+        table.add_row(
+            escape(Path(artifact["path"]).name),
+            artifact["precision"],
+            artifact["backend"],
+            f"{m['relative_error']:.1e}",
+            f"{m['cosine_min']:.5f}",
+            f"{m['top1_agreement']:.4f}",
+            f"{m['top5_agreement']:.4f}",
+            str(m["nonfinite"]),
+            "-" if m["accuracy"] is None else f"{m['accuracy']:.4f}",
+            verdict,
+        )
+    out.print(table)
+    for artifact in report["artifacts"]:
+        if len(artifact["chain"]) > 1:
+            parts = "; ".join(f"{step}: rel {v.get('relative_error', 0):.1e}, top-1 {v.get('top1_agreement', 0):.4f}" for step, v in artifact["chain"].items())
+            out.print(f"[dim]chain {escape(Path(artifact['path']).name)}: {escape(parts)}[/]", highlight=False)
+        located = artifact.get("locate")
+        if located and located.get("supported"):
+            errors = ", ".join(f"{k} {v:.1e}" for k, v in located["relative_error"].items())
+            out.print(
+                f"locate {escape(Path(artifact['path']).name)}: first diverging tensor [bold]{located['first_diverging_tensor']}[/] "
+                f"(stage [bold]{located['stage']}[/]); relative error per stage: {errors}",
+                highlight=False,
+            )
+
+
+def bench_table(report: dict[str, Any]) -> None:
+    table = Table(title=f"bench on {escape(str(report['machine'].get('cpu', '')))} ({report['machine']['device']})")
+    for column in ("backend", "artifact", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "std", "img/s", "iters", "vs torch"):
+        table.add_column(column, justify="right" if column not in ("backend", "artifact", "precision") else "left")
+    for r in report["results"]:
+        lat = r["latency_ms"]
+        table.add_row(
+            r["backend"],
+            escape(Path(r["artifact"]).name),
+            r["precision"],
+            str(r["batch_size"]),
+            f"{lat['p50']:.2f}",
+            f"{lat['p90']:.2f}",
+            f"{lat['p99']:.2f}",
+            f"{lat['mean']:.2f}",
+            f"{lat['std']:.2f}",
+            f"{r['throughput']:.1f}",
+            str(r["iterations"]),
+            "-" if r["speedup_vs_torch"] is None else f"{r['speedup_vs_torch']:.2f}x",
+        )
+    out.print(table)
+    for r in report["results"]:
+        for warning in r["warnings"]:
+            err.print(
+                f"[yellow]warning:[/] {escape(r['backend'])} {escape(Path(r['artifact']).name)} batch {r['batch_size']}: {escape(warning)}", highlight=False
+            )
+
+
+def predictions(results: list[dict[str, Any]]) -> None:
+    for result in results:
+        ranked = ", ".join(f"{escape(t['name'])} {t['probability']:.3f}" for t in result["top"])
+        out.print(f"{escape(result['image'])}: {ranked}", highlight=False)
+
+
+def demo_summary(result: Any) -> None:
+    verify_table(result.verify)
+    bench_table(result.bench)
+    out.print(
+        f"backend    {escape(result.backend_note)}\n"
+        f"checkpoint {result.checkpoint}\nONNX       {result.onnx}\nreport     {result.report}\n"
+        f"plots      {result.plot}, {result.bench_plot}\n"
+        f"verify     {'PASS' if result.passed else 'FAIL'} ({result.out / 'verify.json'})\n"
+        f"time       " + ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())
+    )

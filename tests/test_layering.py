@@ -1,0 +1,76 @@
+"""The package's shape: the library never draws on the terminal, and no module imports loop.
+
+Read from the source with `ast` (nothing is imported), so these run in a blink.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "dropcov_deploy"
+# The CLI side: the Typer app, the one rendering module, and the consoles they share.
+CLI_SIDE = {"dropcov_deploy.cli", "dropcov_deploy.render", "dropcov_deploy.console", "dropcov_deploy.__main__"}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, top_level_only: bool) -> set[str]:
+    """Modules `path` imports (absolute names); with `top_level_only`, only at import time (not inside functions)."""
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    if top_level_only:  # also imports under a module-level `if`/`try`, but not under `if TYPE_CHECKING`
+        expanded = []
+        for node in nodes:
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                continue
+            expanded += list(ast.walk(node)) if isinstance(node, (ast.If, ast.Try)) else [node]
+        nodes = expanded
+    found: set[str] = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return found
+
+
+MODULES = {_module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
+
+
+def test_library_modules_import_neither_rich_nor_the_console():
+    offenders = {}
+    for name, path in MODULES.items():
+        if name in CLI_SIDE:
+            continue
+        bad = {m for m in _imports(path, top_level_only=False) if m.split(".")[0] == "rich" or m.startswith("dropcov_deploy.console")}
+        if bad:
+            offenders[name] = sorted(bad)
+    assert not offenders, f"library modules that draw on the terminal (move it to dropcov_deploy/render.py): {offenders}"
+
+
+def test_no_import_cycles_at_import_time():
+    graph = {name: {m for m in _imports(path, top_level_only=True) if m in MODULES and m != name} for name, path in MODULES.items()}
+
+    def cycle_from(start: str) -> list[str] | None:
+        stack = [(start, [start])]
+        while stack:
+            node, trail = stack.pop()
+            for nxt in graph[node]:
+                if nxt == start:
+                    return [*trail, start]
+                if nxt not in trail and len(trail) < len(graph):
+                    stack.append((nxt, [*trail, nxt]))
+        return None
+
+    cycles = [c for c in (cycle_from(name) for name in graph) if c]
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_checks_see_the_package():
+    assert {"dropcov_deploy.cli", "dropcov_deploy.manifest", "dropcov_deploy.backends", "dropcov_deploy.backends.onnxruntime"} <= set(MODULES)
+    assert "dropcov_deploy.backends" in _imports(MODULES["dropcov_deploy.cli"], top_level_only=True)
