@@ -231,9 +231,9 @@ def build(model: str | Path, options: BuildOptions, step: StepReporter = quiet_s
             shutil.copyfile(staged_onnx, cached_onnx)
             write_json_file(cached_record, {k: v for k, v in record.items() if k != "check"})
         if target.stage_artifact is not None:
-            with step("writing the ONNX Runtime-optimized model for the CPU"):
+            with step(target.stage_artifact_step):
                 entry = load_hook(target.stage_artifact)(staged_onnx, stage)
-            manifest.extra["ort_optimized"] = entry
+            manifest.extra[target.stage_artifact_key] = entry
             ort_optimized = out.with_name(entry["artifact"])
         manifest.write(stage / sidecar_path(out).name)
 

@@ -82,6 +82,8 @@ class Target:
     status: str  # hook: () -> (available, one-line reason)
     runner: str  # hook: (path, device, threads) -> Runner
     stage_artifact: str | None = None  # hook: (staged precision onnx, stage dir) -> manifest entry; published with it
+    stage_artifact_key: str = ""  # the precision manifest's key for that entry
+    stage_artifact_step: str = ""  # what the build's progress line says while it is written
     device_artifact: str | None = None  # hook: engine step after the precision ONNX is published (may raise BackendUnavailable)
     accelerated: bool = False  # the demo prefers an available accelerated target
 
@@ -105,6 +107,8 @@ TARGETS: dict[str, Target] = {
         status="dropcov_deploy.backends.onnxruntime:onnxruntime_status",
         runner="dropcov_deploy.backends.onnxruntime:open_runner",
         stage_artifact="dropcov_deploy.backends.onnxruntime:write_ort_optimized",
+        stage_artifact_key="ort_optimized",
+        stage_artifact_step="writing the ONNX Runtime-optimized model for the CPU",
     ),
     "tensorrt": Target(
         name="tensorrt",
