@@ -21,7 +21,7 @@ from typing import Any
 
 from dropcov_deploy import __version__
 from dropcov_deploy.atomic import atomic_write
-from dropcov_deploy.errors import InputError
+from dropcov_deploy.errors import InputError, first_line
 from dropcov_deploy.precision import Precision
 
 MANIFEST_FORMAT = "dropcov-deploy/manifest/1"
@@ -84,6 +84,8 @@ def read_json_object(path: Path, what: str) -> dict[str, Any]:
         data = json.loads(Path(path).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: not a valid {what} (bad JSON: {exc})") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the {what} ({first_line(exc)})") from None
     if not isinstance(data, dict):
         raise InputError(f"{path}: not a valid {what} (expected a JSON object)")
     return data
@@ -223,7 +225,11 @@ class Manifest:
         path = Path(path)
         sidecar = sidecar_path(path)
         if sidecar.exists():
-            return cls.from_dict(read_json_object(sidecar, "manifest"), origin="sidecar")
+            data = read_json_object(sidecar, "manifest")
+            try:
+                return cls.from_dict(data, origin="sidecar")
+            except InputError as exc:
+                raise InputError(f"{sidecar}: {exc}") from None
         if path.suffix.lower() in ONNX_SUFFIXES:
             from dropcov_deploy import onnx_io
 

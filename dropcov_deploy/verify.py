@@ -164,7 +164,7 @@ def verify(
 
     kinds = {path: artifact_kind(path) for path in paths}
     fp32_onnx = next((p for p in paths if kinds[p] == ONNX and manifests_by_path[p].precision is Precision.FP32), None)
-    by_sha = {manifests_by_path[p].sha256: p for p in paths if kinds[p] == ONNX}
+    by_sha = {manifests_by_path[p].sha256: p for p in paths if kinds[p] == ONNX and manifests_by_path[p].sha256}
     results = []
     for path in paths:
         manifest = manifests_by_path[path]
@@ -174,7 +174,7 @@ def verify(
         if precision is not Precision.FP32 and fp32_onnx is not None:
             chain["precision (vs FP32 ONNX)"] = _brief(compare(outputs[path], outputs[fp32_onnx], labels))
         if kinds[path] == TENSORRT_ENGINE:
-            source = by_sha.get(manifest.get("onnx_sha256"))
+            source = by_sha.get(manifest.get("onnx_sha256") or "")
             if source is not None:
                 chain["engine (vs its precision ONNX)"] = _brief(compare(outputs[path], outputs[source], labels))
         evaluated = gate_rules.evaluate(metrics, gates.get(precision, gates[Precision.FP32]))

@@ -74,3 +74,23 @@ def test_no_import_cycles_at_import_time():
 def test_the_checks_see_the_package():
     assert {"dropcov_deploy.cli", "dropcov_deploy.manifest", "dropcov_deploy.backends", "dropcov_deploy.backends.onnxruntime"} <= set(MODULES)
     assert "dropcov_deploy.backends" in _imports(MODULES["dropcov_deploy.cli"], top_level_only=True)
+
+
+def test_a_bad_manifest_is_one_line_naming_the_file(tmp_path):
+    import pytest
+
+    from dropcov_deploy.errors import InputError
+    from dropcov_deploy.manifest import Manifest, sidecar_path
+
+    plan = tmp_path / "m.plan"
+    plan.write_bytes(b"\0")
+    assert Manifest.find(plan) is None  # an engine without a sidecar has no manifest
+    sidecar_path(plan).write_text('{"kind": "tensorrt-engine", "precision": "bf16"}')
+    with pytest.raises(InputError, match=r"m\.plan\.json: manifest precision 'bf16': use one of fp32, fp16, int8"):
+        Manifest.read(plan)
+    sidecar_path(plan).unlink()
+    sidecar_path(plan).mkdir()
+    with pytest.raises(InputError, match=r"m\.plan\.json: cannot read the manifest"):
+        Manifest.read(plan)
+    old = Manifest.from_dict({"family": "vit", "precision": "fp16", "input": {"name": "input", "shape": ["batch", 3, 32, 32]}})
+    assert old.family == "xcov" and old.precision == "fp16" and old.input.image_shape == (3, 32, 32)
