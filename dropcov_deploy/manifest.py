@@ -97,6 +97,13 @@ def write_json_file(path: Path, data: dict[str, Any]) -> Path:
 
 
 # ------------------------------------------------------------------ the typed record
+def _typed(value: Any, kind: type, field_name: str) -> Any:
+    """`value` when it is a `kind` (bools are not ints), else a ValueError naming the field."""
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ValueError(f"{field_name} must be a {kind.__name__}, got {str(value)[:60]!r}")
+    return value
+
+
 @dataclass
 class BatchRange:
     """The batch sizes an artifact accepts."""
@@ -113,7 +120,10 @@ class BatchRange:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BatchRange:
-        return cls(dynamic=bool(data.get("dynamic", True)), min=int(data.get("min", 1)), max=data.get("max"))
+        low, high = data.get("min", 1), data.get("max")
+        if not isinstance(low, int) or (high is not None and not isinstance(high, int)):
+            raise ValueError(f"input.batch min and max must be integers, got {low!r} and {high!r}")
+        return cls(dynamic=bool(data.get("dynamic", True)), min=low, max=high)
 
 
 @dataclass
@@ -140,6 +150,9 @@ class InputSpec:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> InputSpec:
         batch = data.get("batch")
+        shape = _typed(data.get("shape") or [], list, "input.shape")
+        if shape and (len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in shape[1:])):
+            raise ValueError(f"input.shape must be [batch, channels, height, width], got {shape}")
         return cls(
             name=str(data.get("name", "input")),
             shape=list(data.get("shape") or []),
@@ -194,6 +207,14 @@ class Manifest:
     # -- reading ---------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, data: dict[str, Any], origin: str = "new") -> Manifest:
+        """The typed record; a field of the wrong type is one InputError line naming the field."""
+        try:
+            return cls._from_dict(data, origin)
+        except (TypeError, ValueError, IndexError) as exc:
+            raise InputError(f"manifest: {first_line(exc)}") from None
+
+    @classmethod
+    def _from_dict(cls, data: dict[str, Any], origin: str) -> Manifest:
         known = {f.name for f in dataclasses.fields(cls)} - {"extra", "origin"}
         values: dict[str, Any] = {k: v for k, v in data.items() if k in known}
         if "precision" in values:
@@ -202,10 +223,18 @@ class Manifest:
             from dropcov_deploy.models.families import canonical_family
 
             values["family"] = canonical_family(values["family"])
-        if isinstance(values.get("input"), dict):
-            values["input"] = InputSpec.from_dict(values["input"])
-        elif "input" in values:
-            values["input"] = None
+        if "input" in values:
+            values["input"] = InputSpec.from_dict(_typed(values["input"], dict, "input"))
+        for name in ("dim", "heads", "num_classes"):
+            if values.get(name) is not None:
+                values[name] = int(_typed(values[name], int, name))
+        if values.get("class_names") is not None:
+            names = _typed(values["class_names"], list, "class_names")
+            if not all(isinstance(n, str) for n in names) or (values.get("num_classes") and len(names) != values["num_classes"]):
+                raise ValueError(f"class_names must be {values.get('num_classes') or 'the'} class names (strings), got {str(names)[:60]}")
+        for name in ("preprocessing", "output"):
+            if values.get(name) is not None:
+                _typed(values[name], dict, name)
         return cls(**values, extra={k: v for k, v in data.items() if k not in known}, origin=origin)
 
     @classmethod
@@ -234,7 +263,10 @@ class Manifest:
             from dropcov_deploy import onnx_io
 
             proto = onnx_io.load(path, load_external_data=False)
-            found = cls.from_metadata({p.key: p.value for p in proto.metadata_props})
+            try:
+                found = cls.from_metadata({p.key: p.value for p in proto.metadata_props})
+            except InputError as exc:
+                raise InputError(f"{path} (dropcov.* metadata): {exc}") from None
             return found if found.to_dict(include_format=False) != {"kind": ONNX, "precision": "fp32"} else None
         return None
 

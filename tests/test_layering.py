@@ -94,3 +94,49 @@ def test_a_bad_manifest_is_one_line_naming_the_file(tmp_path):
         Manifest.read(plan)
     old = Manifest.from_dict({"family": "vit", "precision": "fp16", "input": {"name": "input", "shape": ["batch", 3, 32, 32]}})
     assert old.family == "xcov" and old.precision == "fp16" and old.input.image_shape == (3, 32, 32)
+
+
+def test_manifest_fields_of_the_wrong_type_are_one_line_naming_the_file(tmp_path):
+    import json
+
+    import pytest
+
+    from dropcov_deploy.errors import InputError
+    from dropcov_deploy.manifest import Manifest, sidecar_path
+
+    plan = tmp_path / "m.plan"
+    plan.write_bytes(b"\0")
+    good = {"kind": "tensorrt-engine", "precision": "fp16", "num_classes": 2, "class_names": ["a", "b"],
+            "input": {"name": "input", "shape": ["batch", 3, 32, 32], "batch": {"dynamic": True, "min": 1, "max": 8}}}
+    sidecar_path(plan).write_text(json.dumps(good))
+    assert Manifest.read(plan).batch.max == 8
+    for change, said in [
+        ({"input": 5}, "input must be a dict"),
+        ({"input": {"shape": "x"}}, "input.shape must be a list"),
+        ({"input": {"shape": ["batch", 3]}}, r"input.shape must be \[batch, channels, height, width\]"),
+        ({"input": {"shape": ["batch", 3, 32, 32], "batch": {"min": "x"}}}, "input.batch min and max must be integers"),
+        ({"class_names": 7}, "class_names must be a list"),
+        ({"class_names": ["a"]}, "class_names must be 2 class names"),
+        ({"num_classes": "ten"}, "num_classes must be a int"),
+        ({"preprocessing": []}, "preprocessing must be a dict"),
+    ]:
+        sidecar_path(plan).write_text(json.dumps({**good, **change}))
+        with pytest.raises(InputError, match=r"m\.plan\.json: manifest: " + said) as caught:
+            Manifest.read(plan)
+        assert "\n" not in str(caught.value)
+
+
+def test_the_ort_optimized_model_never_takes_the_precision_onnx_name(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from dropcov_deploy.backends.onnxruntime import write_ort_optimized
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    for name, expected in (("m.int8.cpu.onnx", "m.int8.cpu.ort.onnx"), ("x.bin", "x.bin.ort.onnx")):
+        path = tmp_path / name
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+        before = path.read_bytes()
+        entry = write_ort_optimized(path, tmp_path)
+        assert entry["artifact"] == expected and (tmp_path / expected).exists() and path.read_bytes() == before

@@ -86,7 +86,8 @@ def write_ort_optimized(staged_onnx: Path, stage: Path) -> dict[str, Any]:
 
     from dropcov_deploy.manifest import sha256_file
 
-    destination = stage / staged_onnx.name.replace(".onnx", ".ort.onnx")
+    stem = staged_onnx.name[: -len(".onnx")] if staged_onnx.name.endswith(".onnx") else staged_onnx.name
+    destination = stage / f"{stem}.ort.onnx"  # never the precision ONNX's own name, whatever --out was
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     options.optimized_model_filepath = str(destination)
