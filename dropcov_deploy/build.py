@@ -25,7 +25,7 @@ from typing import Any
 
 from dropcov_deploy import __version__, onnx_io
 from dropcov_deploy.atomic import check_writable, staged
-from dropcov_deploy.backends import Target, get_target, load_hook
+from dropcov_deploy.backends import TARGETS, Target, get_target, load_hook
 from dropcov_deploy.errors import InputError
 from dropcov_deploy.manifest import Manifest, library_versions, now_utc, sha256_file, sidecar_path, write_json_file
 from dropcov_deploy.precision import Precision, PrecisionRequest, graph_builder
@@ -34,7 +34,8 @@ from dropcov_deploy.steps import StepReporter, quiet_step
 
 CACHE_VERSION = "1"
 HIGH_PRECISIONS = ("fp16", "fp32")
-CALIBRATION_METHODS = ("entropy", "max", "percentile")
+# every method some target's quantizer takes, in the rows' order (entropy, max, percentile)
+CALIBRATION_METHODS = tuple(dict.fromkeys(m for target in TARGETS.values() for m in target.calibration_methods))
 
 
 @dataclass
@@ -164,7 +165,7 @@ def build(model: str | Path, options: BuildOptions, step: StepReporter = quiet_s
     if target.device_artifact is not None:
         from dropcov_deploy.engine import parse_profile
 
-        parse_profile(options.batch)  # a bad --batch fails before the slow work
+        parse_profile(options.batch, options.workspace_gib)  # a bad --batch or --workspace fails before the slow work
 
     calibration = reference = None
     if options.calib is not None:

@@ -16,10 +16,12 @@ from dropcov_deploy.manifest import Manifest, sha256_file
 from dropcov_deploy.steps import StepReporter, quiet_step
 
 
-def parse_profile(batch: str):
-    """The engine's batch profile from MIN:OPT:MAX or N (one InputError line when malformed)."""
-    from dropcov_deploy.backends.tensorrt import BatchProfile
+def parse_profile(batch: str, workspace_gib: float | None = None):
+    """The engine's batch profile from MIN:OPT:MAX or N, with the workspace checked too: one
+    InputError line when either is malformed, before any slow work (the precision ONNX included)."""
+    from dropcov_deploy.backends.tensorrt.profile import BatchProfile, check_workspace
 
+    check_workspace(workspace_gib)
     return BatchProfile.parse(batch)
 
 
@@ -41,7 +43,7 @@ def engine_step(
     """Build, check and publish the plan and its manifest; BackendUnavailable (exit 3) without TensorRT or a GPU."""
     from dropcov_deploy.backends import tensorrt as trt_backend
 
-    profile = parse_profile(batch)
+    profile = parse_profile(batch, workspace_gib)
     available, reason = trt_backend.tensorrt_status()
     if not available:
         raise BackendUnavailable(

@@ -360,3 +360,17 @@ def test_the_runner_offers_the_runner_and_device_timed_protocols():
     methods = {"infer", "input_shapes", "close", "device_timer"}
     assert methods <= members and all(callable(getattr(TensorRTRunner, name)) for name in methods)
     assert callable(TensorRTRunner.__enter__) and callable(TensorRTRunner.__exit__)
+
+
+def test_a_bad_workspace_fails_build_before_the_precision_onnx_is_written(tmp_path):
+    """--workspace is checked with --batch, before calibration or any file: not only inside the engine builder."""
+    from dropcov_deploy.build import BuildOptions, build
+    from dropcov_deploy.manifest import Manifest
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"not read: the options fail first")
+    Manifest.from_dict({"input": {"name": "input", "shape": ["batch", 3, 32, 32]}}).write(tmp_path / "m.onnx.json")
+    for workspace in (-1.0, 0.0):
+        with pytest.raises(InputError, match=f"workspace {workspace} GiB: must be positive"):
+            build(model, BuildOptions(precision="fp32", backend="tensorrt", workspace_gib=workspace, cache_dir=tmp_path / "cache"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.json"]

@@ -16,7 +16,7 @@ from dropcov_deploy.backends.tensorrt.availability import cuda_runtime, import_t
 from dropcov_deploy.backends.tensorrt.errors import OnnxParseError, TensorRTBuildError
 from dropcov_deploy.backends.tensorrt.inspector import layer_precisions, missing_precision, precision_summary
 from dropcov_deploy.backends.tensorrt.log import Log, logged_reason, make_logger, parser_errors, parser_failure_message
-from dropcov_deploy.backends.tensorrt.profile import BatchProfile, io_tensors, profile_shapes, shape
+from dropcov_deploy.backends.tensorrt.profile import BatchProfile, check_workspace, io_tensors, profile_shapes, shape
 from dropcov_deploy.errors import InputError
 from dropcov_deploy.manifest import (
     MANIFEST_FORMAT,
@@ -111,8 +111,7 @@ def build_engine(
     precision = Precision.parse(precision, "precision")
     if not onnx_path.is_file():
         raise InputError(f"{onnx_path}: no such ONNX file")
-    if workspace_gib is not None and not workspace_gib > 0:
-        raise InputError(f"workspace {workspace_gib} GiB: must be positive")
+    check_workspace(workspace_gib)
     check_writable(plan_path)
     if timing_cache is not None:
         check_writable(Path(timing_cache))

@@ -130,3 +130,9 @@ def io_tensors(trt, engine) -> list[dict[str, Any]]:
             record["profile"] = {"min": low, "opt": best, "max": high}
         tensors.append(record)
     return tensors
+
+
+def check_workspace(workspace_gib: float | None) -> None:
+    """The builder's workspace limit, when given, must be a positive number of GiB."""
+    if workspace_gib is not None and not workspace_gib > 0:
+        raise InputError(f"workspace {workspace_gib} GiB: must be positive")
