@@ -1,10 +1,23 @@
 """`bench`: latency and throughput that can be trusted, against PyTorch eager in the same run.
 
-Warm-up by time, then timed iterations until the running median is stable or the
-time budget runs out (trtexec's habits). Inputs are prepared outside the timed region;
-device synchronisation is inside it (CUDA for torch; TensorRT times the GPU with CUDA
-events). Every result reports its iteration count and coefficient of variation, and a
-warning when the spread is too high to trust.
+Two figures per backend and batch size, each compared only with its own kind:
+- end-to-end (`latency_ms`, `throughput`): a host numpy batch in, host logits out, copies and
+  synchronisation included, by the host clock: `runner.infer` for artifacts, and
+  `torch.from_numpy -> .to(device) -> model -> .cpu()` for PyTorch. Every backend has it.
+- device (`device_ms`, `device_throughput`): the compute alone on inputs already on the GPU,
+  by CUDA events: TensorRT's `device_timer` (the `DeviceTimed` protocol), PyTorch on a
+  pre-placed tensor, ONNX Runtime through IOBinding on a stream it shares with torch. There is
+  none on the CPU: `device_ms` is then null and `device_unavailable` says why (never a made-up number).
+`speedup_vs_torch` divides PyTorch's end-to-end p50 by the result's end-to-end p50, and
+`device_speedup_vs_torch` device by device; a kind PyTorch lacks gives null, never a mixed ratio.
+
+Warm-up by time, then timed iterations until at least P99_MIN_SAMPLES samples are in and the
+running median is stable, or `--max-time` runs out (trtexec's habits). p99 comes only from
+P99_MIN_SAMPLES samples or more; with fewer it is null and a warning says how many were taken.
+Inputs are prepared outside the timed region. Every figure reports its iteration count and
+coefficient of variation, and a warning when the spread is too high to trust. Each rule is a
+plain function (`summarize`, `stop_reason`, `figure_from_samples`, `pair_speedups`,
+`engine_cuda_graph`, `onnx_cuda_problem`), so tests can feed it numbers.
 """
 
 from __future__ import annotations
@@ -13,6 +26,7 @@ import contextlib
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,22 +36,38 @@ from typing import Any
 import numpy as np
 
 from dropcov_deploy.backends import DeviceTimed, Runner, open_runner
-from dropcov_deploy.errors import InputError
-from dropcov_deploy.manifest import BatchRange, Manifest, artifact_kind
+from dropcov_deploy.errors import BackendUnavailable, InputError, first_line
+from dropcov_deploy.manifest import ONNX, TENSORRT_ENGINE, BatchRange, Manifest, artifact_kind
 
-MIN_ITERATIONS = 20
+MIN_SAMPLES = 3  # every figure has at least this many samples, even past --max-time
+P99_MIN_SAMPLES = 200  # below this a p99 is one of the two largest samples: not a percentile worth printing
 STABLE_WINDOW = 10
 STABLE_CHANGE = 0.01  # the median moved less than 1% over the last window
 HIGH_CV = 0.10
+CUDA_PROVIDER = "CUDAExecutionProvider"
+CPU_NO_DEVICE_TIME = "--device cpu: only the end-to-end figure exists (no separate device compute time on the CPU)"
+TORCH_END_TO_END = "end-to-end: host wall clock around torch.from_numpy(batch).to(device) -> model -> .cpu()"
+TORCH_DEVICE_TIMING = "GPU compute (CUDA events around the model, input already on the GPU)"
+ORT_DEVICE_TIMING = "GPU compute (CUDA events on ONNX Runtime's compute stream; input and outputs bound on the GPU by IOBinding)"
+ORT_INPUT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+SPEEDUP_RULE = (
+    "speedup_vs_torch: end-to-end p50 against PyTorch's end-to-end p50; device_speedup_vs_torch: device p50 against PyTorch's device p50; never mixed"
+)
+
+Timed = Callable[[], "float | None"]  # one timed call; returns its own ms when it has a better clock (CUDA events)
+Maker = Callable[[np.ndarray], Timed]  # places a batch (outside the timed region) and returns the timed call
 
 
 @dataclass
 class BenchResult:
+    """One subject at one batch size. The unprefixed fields are the end-to-end figure (what
+    `latency_ms` always meant for ONNX Runtime and PyTorch); `device_*` the device figure or None."""
+
     backend: str
     artifact: str
     precision: str
     batch_size: int
-    latency_ms: dict[str, float]
+    latency_ms: dict[str, float | None]
     throughput: float
     iterations: int
     cv: float
@@ -45,6 +75,33 @@ class BenchResult:
     speedup_vs_torch: float | None = None
     timing: str = "host wall clock"
     warnings: list[str] = field(default_factory=list)
+    device_ms: dict[str, float | None] | None = None
+    device_throughput: float | None = None
+    device_iterations: int | None = None
+    device_cv: float | None = None
+    device_stable: bool | None = None
+    device_speedup_vs_torch: float | None = None
+    device_timing: str | None = None
+    device_unavailable: str | None = None  # why there is no device figure (None when there is one)
+
+
+@dataclass
+class Figure:
+    """One kind of timing (end-to-end or device) of one subject at one batch size."""
+
+    latency_ms: dict[str, float | None]
+    iterations: int
+    cv: float
+    stable: bool
+    warnings: list[str]
+
+    @property
+    def p50(self) -> float:
+        return float(self.latency_ms["p50"] or 0.0)
+
+
+class NoDeviceTime(Exception):
+    """A device timer could not be set up for this batch; its message becomes `device_unavailable`."""
 
 
 def machine_info(device: str) -> dict[str, Any]:
@@ -60,82 +117,293 @@ def machine_info(device: str) -> dict[str, Any]:
         import onnxruntime
 
         info["onnxruntime"] = onnxruntime.__version__
+        info["onnxruntime_providers"] = list(onnxruntime.get_available_providers())
     except ImportError:
         pass
-    import sys
-
-    if "torch" in sys.modules:
-        info["torch"] = sys.modules["torch"].__version__
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        info["torch"] = torch.__version__
+        if device == "cuda" and torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name()
+            info["compute_capability"] = ".".join(map(str, torch.cuda.get_device_capability()))
+            info["torch_cuda"] = torch.version.cuda
+    if "tensorrt" in sys.modules:
+        info["tensorrt"] = getattr(sys.modules["tensorrt"], "__version__", "?")
     return info
 
 
-def measure(run: Callable[[], float | None], warmup_s: float, max_time_s: float) -> tuple[list[float], bool]:
-    """Warm up for `warmup_s`, then time `run` until the median is stable or `max_time_s` passes.
-
-    `run` returns its own duration in ms when it has a better clock (CUDA events), else None.
-    """
-    end = time.perf_counter() + warmup_s
-    while time.perf_counter() < end:
-        run()
-    samples: list[float] = []
-    medians: list[float] = []
-    deadline = time.perf_counter() + max_time_s
-    stable = False
-    while time.perf_counter() < deadline or len(samples) < 3:
-        started = time.perf_counter()
-        measured = run()
-        samples.append(measured if measured is not None else (time.perf_counter() - started) * 1000)
-        if len(samples) >= MIN_ITERATIONS and len(samples) % STABLE_WINDOW == 0:
-            medians.append(statistics.median(samples))
-            if len(medians) >= 2 and abs(medians[-1] - medians[-2]) <= STABLE_CHANGE * medians[-2]:
-                stable = True
-                break
-    return samples, stable
-
-
-def summarize(samples: list[float]) -> dict[str, float]:
-    values = np.asarray(samples)
+def summarize(samples: Sequence[float]) -> dict[str, float | None]:
+    """p50/p90/p99/mean/std in ms. p99 is None below P99_MIN_SAMPLES samples: from 50 samples
+    it would be their maximum, a number that changes with every rerun."""
+    if not samples:
+        raise ValueError("summarize needs at least one sample")
+    values = np.asarray(samples, dtype=np.float64)
     return {
         "p50": float(np.percentile(values, 50)),
         "p90": float(np.percentile(values, 90)),
-        "p99": float(np.percentile(values, 99)),
+        "p99": float(np.percentile(values, 99)) if len(values) >= P99_MIN_SAMPLES else None,
         "mean": float(values.mean()),
         "std": float(values.std()),
     }
 
 
-def _torch_timer(checkpoint: Path, device: str, threads: int | None):
-    """PyTorch eager, the baseline: a maker of timed calls per batch, and what the checkpoint says."""
+def median_is_stable(samples: Sequence[float], window: int = STABLE_WINDOW, change: float = STABLE_CHANGE) -> bool:
+    """The median of all samples is within `change` (relative) of the median before the last `window`."""
+    if len(samples) < 2 * window:
+        return False
+    before = statistics.median(samples[:-window])
+    return abs(statistics.median(samples) - before) <= change * before
+
+
+def stop_reason(samples: Sequence[float], elapsed_s: float, max_time_s: float) -> str | None:
+    """Why the timed loop stops now: "stable", "time", or None to take another sample.
+
+    Never below MIN_SAMPLES. "stable" needs P99_MIN_SAMPLES samples (so a stable run always
+    has its p99) and a median that moved at most STABLE_CHANGE over the last STABLE_WINDOW,
+    checked every STABLE_WINDOW samples; otherwise the loop runs until `max_time_s`."""
+    count = len(samples)
+    if count < MIN_SAMPLES:
+        return None
+    if count >= P99_MIN_SAMPLES and count % STABLE_WINDOW == 0 and median_is_stable(samples):
+        return "stable"
+    if elapsed_s >= max_time_s:
+        return "time"
+    return None
+
+
+def measure(run: Timed, warmup_s: float, max_time_s: float, clock: Callable[[], float] = time.perf_counter) -> tuple[list[float], bool]:
+    """Warm up for `warmup_s`, then time `run` until `stop_reason` says stop; (samples in ms, stable).
+
+    `run` returns its own duration in ms when it has a better clock (CUDA events), else None
+    and the host clock times it. `clock` is injectable so tests need no real time."""
+    end = clock() + warmup_s
+    while clock() < end:
+        run()
+    samples: list[float] = []
+    started = clock()
+    while True:
+        before = clock()
+        measured = run()
+        samples.append(measured if measured is not None else (clock() - before) * 1000)
+        reason = stop_reason(samples, clock() - started, max_time_s)
+        if reason is not None:
+            return samples, reason == "stable"
+
+
+def figure_from_samples(samples: Sequence[float], stable: bool, max_time_s: float, label: str = "") -> Figure:
+    """A figure's statistics and the warnings a reader needs: high spread, an unstable median,
+    too few samples for p99 (with how many were taken). `label` prefixes the warnings."""
+    latency = summarize(samples)
+    mean = latency["mean"] or 0.0
+    cv = float(latency["std"] or 0.0) / mean if mean else 0.0
+    prefix = f"{label}: " if label else ""
+    warnings = []
+    if cv > HIGH_CV:
+        warnings.append(f"{prefix}coefficient of variation {cv:.2f} > {HIGH_CV}: timings unstable (other load? too few iterations?)")
+    if len(samples) < P99_MIN_SAMPLES:
+        warnings.append(
+            f"{prefix}only {len(samples)} samples within --max-time {max_time_s:g} s: p99 needs at least {P99_MIN_SAMPLES} "
+            f"(not reported) and the median's stability is judged from {P99_MIN_SAMPLES} on; raise --max-time"
+        )
+    elif not stable:
+        warnings.append(f"{prefix}median not stable within --max-time {max_time_s:g} s")
+    return Figure(latency, len(samples), cv, stable, warnings)
+
+
+def speedup(baseline_ms: float | None, candidate_ms: float | None) -> float | None:
+    """baseline / candidate, or None when either figure is missing (or zero)."""
+    if not baseline_ms or not candidate_ms:
+        return None
+    return baseline_ms / candidate_ms
+
+
+def _p50(figure: dict[str, float | None] | None) -> float | None:
+    return None if figure is None else figure.get("p50")
+
+
+def pair_speedups(results: Sequence[BenchResult]) -> None:
+    """Set every result's speed-ups against PyTorch at its batch size: end-to-end against
+    PyTorch's end-to-end, device against PyTorch's device figure. A kind either side lacks
+    gives None: an engine's GPU time is never divided into PyTorch's host latency."""
+    baseline = {r.batch_size: r for r in results if r.backend == "torch"}
+    for result in results:
+        torch_row = baseline.get(result.batch_size)
+        result.speedup_vs_torch = speedup(_p50(torch_row.latency_ms) if torch_row else None, _p50(result.latency_ms))
+        result.device_speedup_vs_torch = speedup(_p50(torch_row.device_ms) if torch_row else None, _p50(result.device_ms))
+
+
+def engine_cuda_graph(path: Path, requested: bool) -> bool:
+    """--cuda-graph reaches TensorRT engines only: ONNX Runtime's runner refuses it rather than ignore it."""
+    return bool(requested) and artifact_kind(path) == TENSORRT_ENGINE
+
+
+def engine_facts(runner: Any, path: Path, cuda_graph: bool) -> dict[str, Any]:
+    """What an engine costs beyond its speed, from the runner's attributes where it has them
+    (older runners do not: None). The plan is saved untouched, so its file size is its bytes."""
+    plan_bytes = getattr(runner, "plan_bytes", None)
+    return {
+        "plan_bytes": int(plan_bytes) if plan_bytes is not None else Path(path).stat().st_size,
+        "deserialize_seconds": getattr(runner, "deserialize_seconds", None),
+        "device_memory_bytes": getattr(runner, "device_memory_bytes", None),
+        "cuda_graph": cuda_graph,
+    }
+
+
+def onnx_cuda_problem(available: Sequence[str], active: Sequence[str] | None) -> str | None:
+    """Why an ONNX Runtime session does not run on the GPU, or None when it does. `available`: the
+    providers this onnxruntime has; `active`: those the session really uses (None: unknown).
+    ONNX Runtime falls back to the CPU with a log line only, so a 'cuda' label would otherwise lie."""
+    if CUDA_PROVIDER not in available:
+        return f"this onnxruntime has no {CUDA_PROVIDER} (a CPU-only build; onnxruntime-gpu for this CUDA has it)"
+    if active is not None and (not active or active[0] != CUDA_PROVIDER):
+        return (
+            f"ONNX Runtime could not start its {CUDA_PROVIDER} and fell back to {', '.join(active) or 'nothing'} "
+            "(no GPU, or not the CUDA/cuDNN this onnxruntime-gpu was built for)"
+        )
+    return None
+
+
+class CudaEventTimer:
+    """Times `launch` with CUDA events recorded on `stream` (torch's current stream when None) and
+    keeps `held` (the device tensors and bindings `launch` reads) alive as long as the timer."""
+
+    def __init__(self, launch: Callable[[], Any], stream: Any = None, held: tuple[Any, ...] = ()) -> None:
+        import torch
+
+        self._launch, self._stream, self._held = launch, stream, held
+        self._start = torch.cuda.Event(enable_timing=True)
+        self._end = torch.cuda.Event(enable_timing=True)
+
+    def __call__(self) -> float:
+        self._start.record(self._stream)
+        self._launch()
+        self._end.record(self._stream)
+        self._end.synchronize()
+        return float(self._start.elapsed_time(self._end))
+
+
+@dataclass
+class _Subject:
+    """One thing to time: how to make its end-to-end call and, where it has one, its device call."""
+
+    backend: str
+    artifact: str
+    precision: str
+    make: Maker
+    timing: str
+    batch: BatchRange | None = None
+    make_device: Maker | None = None
+    device_timing: str | None = None
+    device_unavailable: str | None = None
+
+
+def _torch_subject(checkpoint: Path, device: str, threads: int | None) -> tuple[_Subject, int]:
+    """PyTorch eager, the baseline (end-to-end always; device time by CUDA events on a GPU), and its crop size."""
     import torch
 
     from dropcov_deploy.models import load_checkpoint_with_info
 
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BackendUnavailable(f"--device cuda: torch {torch.__version__} sees no CUDA GPU (built for CUDA {torch.version.cuda or 'none'})")
     if threads:
         torch.set_num_threads(threads)
     loaded = load_checkpoint_with_info(checkpoint)
     model = loaded.model.to(device)
 
-    def make(batch: np.ndarray) -> Callable[[], None]:
-        x = torch.from_numpy(batch).to(device)
+    def end_to_end(batch: np.ndarray) -> Timed:
+        host = torch.from_numpy(batch)  # a view: the copy to the device is inside the timed call
 
         def run() -> None:
             with torch.inference_mode():
-                model(x)
-            if device == "cuda":
-                torch.cuda.synchronize()
+                model(host.to(device)).cpu()  # .cpu() waits for the GPU
 
         return run
 
-    return make, loaded.info
+    def on_device(batch: np.ndarray) -> Timed:
+        placed = torch.from_numpy(batch).to(device)
+        torch.cuda.synchronize()
+
+        def launch() -> None:
+            with torch.inference_mode():
+                model(placed)
+
+        return CudaEventTimer(launch, held=(placed,))
+
+    subject = _Subject("torch", str(checkpoint), "fp32", end_to_end, TORCH_END_TO_END)
+    if device == "cuda":
+        subject.make_device, subject.device_timing = on_device, TORCH_DEVICE_TIMING
+    else:
+        subject.device_unavailable = CPU_NO_DEVICE_TIME
+    return subject, loaded.info.resolved_preprocessing().crop
 
 
-def _runner_timer(runner: Runner) -> tuple[Callable[[np.ndarray], Callable[[], float | None]], str]:
-    """A maker of timed calls for an artifact's runner: device time where the runner can measure
-    it (TensorRT: CUDA events around the engine alone), else the host's wall clock around `infer`."""
-    if isinstance(runner, DeviceTimed):
-        return runner.device_timer, runner.device_timing
+def _session_providers(runner: Runner) -> list[str] | None:
+    """The providers an ONNX Runtime runner's session really uses (None: not an ONNX Runtime runner)."""
+    session = getattr(runner, "_session", None)  # OnnxRuntimeRunner's InferenceSession
+    return list(session.get_providers()) if session is not None else None
 
-    def make(batch: np.ndarray) -> Callable[[], None]:
+
+def _ort_gpu_problem(runner: Runner | None) -> str | None:
+    """Why ONNX Runtime cannot run this artifact on the GPU (None: it can), from this onnxruntime's
+    providers and, given a runner, the providers its session really got."""
+    import onnxruntime
+
+    return onnx_cuda_problem(onnxruntime.get_available_providers(), _session_providers(runner) if runner is not None else None)
+
+
+def _ort_device_maker(path: Path) -> tuple[Maker | None, str]:
+    """ONNX Runtime on the GPU with IOBinding: input and outputs bound on the GPU, the run on a
+    torch stream (`user_compute_stream`) so CUDA events bracket the compute alone. Returns
+    (maker, what it measures), or (None, why there is no device figure)."""
+    try:
+        import torch
+    except ImportError:
+        return None, "ONNX Runtime's device time needs torch with CUDA (for the stream and events); torch cannot be imported"
+    if not torch.cuda.is_available():
+        return None, f"ONNX Runtime's device time needs torch with CUDA (for the stream and events); torch {torch.__version__} sees no GPU"
+    import onnxruntime as ort
+
+    device_id = torch.cuda.current_device()
+    stream = torch.cuda.Stream()
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    provider = (CUDA_PROVIDER, {"device_id": str(device_id), "user_compute_stream": str(stream.cuda_stream)})
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=[provider, "CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own types; a bad model already failed in the runner
+        return None, f"ONNX Runtime could not open it on a torch stream for IOBinding ({first_line(exc)})"
+    problem = onnx_cuda_problem(ort.get_available_providers(), session.get_providers())
+    if problem:
+        return None, problem
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    dtype = ORT_INPUT_TYPES.get(inputs[0].type) if len(inputs) == 1 else None
+    if dtype is None:
+        return None, f"IOBinding timing handles one float input; this model takes {[(i.name, i.type) for i in inputs]}"
+
+    def make(batch: np.ndarray) -> Timed:
+        try:
+            placed = torch.from_numpy(np.ascontiguousarray(batch, dtype=dtype)).to(f"cuda:{device_id}")
+            torch.cuda.synchronize()
+            binding = session.io_binding()
+            binding.bind_input(inputs[0].name, "cuda", device_id, dtype, list(placed.shape), placed.data_ptr())
+            for output in outputs:
+                binding.bind_output(output.name, "cuda", device_id)
+            session.run_with_iobinding(binding)  # ORT allocates the outputs on the GPU once ...
+            for output, value in zip(outputs, binding.get_outputs()):
+                binding.bind_ortvalue_output(output.name, value)  # ... and every timed run reuses them
+        except Exception as exc:  # an IOBinding this ORT build does not support: no figure, and why
+            raise NoDeviceTime(f"ONNX Runtime IOBinding on the GPU failed ({first_line(exc)})") from exc
+        return CudaEventTimer(lambda: session.run_with_iobinding(binding), stream=stream, held=(placed, binding, session))
+
+    return make, ORT_DEVICE_TIMING
+
+
+def _runner_subject(runner: Runner, path: Path, manifest: Manifest, device: str) -> _Subject:
+    """An artifact's runner: end-to-end by `infer` on host arrays; device time where the runner
+    measures it (TensorRT: CUDA events around the engine alone, whatever --device says, since an
+    engine always runs on the GPU), by IOBinding for ONNX Runtime on the GPU, none on the CPU."""
+
+    def end_to_end(batch: np.ndarray) -> Timed:
         feeds = {runner.input_names[0]: np.ascontiguousarray(batch)}
 
         def run() -> None:
@@ -143,17 +411,20 @@ def _runner_timer(runner: Runner) -> tuple[Callable[[np.ndarray], Callable[[], f
 
         return run
 
-    return make, runner.timing
-
-
-@dataclass
-class _Subject:
-    backend: str
-    artifact: str
-    precision: str
-    make: Callable[[np.ndarray], Callable[[], float | None]]
-    timing: str
-    batch: BatchRange | None = None
+    subject = _Subject(runner.backend, str(path), manifest.precision.value, end_to_end, f"end-to-end: {runner.timing}", manifest.require_input(path).batch)
+    if isinstance(runner, DeviceTimed):
+        subject.make_device, subject.device_timing = runner.device_timer, runner.device_timing
+    elif device != "cuda":
+        subject.device_unavailable = CPU_NO_DEVICE_TIME
+    elif artifact_kind(path) == ONNX:
+        maker, text = _ort_device_maker(path)
+        if maker is None:
+            subject.device_unavailable = text
+        else:
+            subject.make_device, subject.device_timing = maker, text
+    else:
+        subject.device_unavailable = f"the {runner.backend} runner cannot time its device compute alone"
+    return subject
 
 
 def bench(
@@ -165,9 +436,14 @@ def bench(
     threads: int | None = None,
     warmup_s: float = 1.0,
     max_time_s: float = 5.0,
+    cuda_graph: bool = False,
     progress: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
-    """Time PyTorch eager (when given a checkpoint) and every artifact at each batch size."""
+    """Time PyTorch eager (when given a checkpoint) and every artifact at each batch size.
+
+    `cuda_graph` reaches engine runners only. On `--device cuda` an ONNX model whose ONNX Runtime
+    cannot run on the GPU is not timed (it would run on the CPU under a 'cuda' label): it is
+    listed in "skipped" with the reason, and the rest is timed."""
     if device not in ("cpu", "cuda"):
         raise InputError(f"--device {device!r}: use cpu or cuda")
     if not batch_sizes or min(batch_sizes) < 1:
@@ -182,39 +458,106 @@ def bench(
     manifests = {path: Manifest.read(path) for path in paths}
     specs = {path: manifests[path].require_input(path) for path in paths}
     shapes = {spec.image_shape for spec in specs.values()}
+    warnings: list[str] = []
+    if cuda_graph and not any(artifact_kind(path) == TENSORRT_ENGINE for path in paths):
+        warnings.append("--cuda-graph applies to TensorRT engines only and none was given: it changed nothing")
     subjects: list[_Subject] = []
     image_shape = None
     if checkpoint is not None:
-        make, info = _torch_timer(Path(checkpoint), device, threads)
-        size = info.resolved_preprocessing().crop
+        subject, size = _torch_subject(Path(checkpoint), device, threads)
         image_shape = (3, size, size)
-        subjects.append(_Subject("torch", str(checkpoint), "fp32", make, "host wall clock" + (" + cuda.synchronize" if device == "cuda" else "")))
+        subjects.append(subject)
     if image_shape is None:
         if len(shapes) != 1:
             raise InputError(f"artifacts take different input shapes {sorted(shapes)}; bench them separately")
         image_shape = next(iter(shapes))
+    described: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
     with contextlib.ExitStack() as runners:
         for path in paths:
             if specs[path].image_shape != image_shape:
                 raise InputError(f"{path}: takes input {list(specs[path].image_shape)}, others take {list(image_shape)}")
-            runner = runners.enter_context(open_runner(path, device, threads))
-            make, timing = _runner_timer(runner)
-            subjects.append(_Subject(runner.backend, str(path), manifests[path].precision.value, make, timing, specs[path].batch))
+            kind, graph = artifact_kind(path), engine_cuda_graph(path, cuda_graph)
+            on_gpu = kind == ONNX and device == "cuda"
+            try:
+                runner = runners.enter_context(open_runner(path, device, threads, cuda_graph=graph))
+                problem = _ort_gpu_problem(runner) if on_gpu else None
+            except BackendUnavailable as exc:  # the ONNX Runtime runner refuses a CPU fallback on --device cuda
+                if not on_gpu:
+                    raise
+                problem = _ort_gpu_problem(None) or first_line(exc)
+            if problem:
+                problem = problem.removeprefix(f"{path}: ")
+                skipped.append({"artifact": str(path), "reason": problem})
+                warnings.append(f"{path.name} not timed: {problem}")
+                continue
+            warnings += [f"{path.name}: {w}" for w in getattr(runner, "warnings", None) or []]  # e.g. an engine built on another GPU
+            described.append(
+                {
+                    "artifact": str(path),
+                    "backend": runner.backend,
+                    "kind": kind,
+                    "precision": manifests[path].precision.value,
+                    "bytes": path.stat().st_size,
+                    "engine": engine_facts(runner, path, graph) if kind == TENSORRT_ENGINE else None,
+                }
+            )
+            subjects.append(_runner_subject(runner, path, manifests[path], device))
+        if not subjects:
+            raise BackendUnavailable("nothing to time: " + "; ".join(f"{Path(s['artifact']).name}: {s['reason']}" for s in skipped))
         results = _measure_all(subjects, batch_sizes, image_shape, warmup_s, max_time_s, progress)
-    baseline = {r.batch_size: r.latency_ms["p50"] for r in results if r.backend == "torch"}
-    for result in results:
-        if result.batch_size in baseline:
-            result.speedup_vs_torch = baseline[result.batch_size] / result.latency_ms["p50"]
+    pair_speedups(results)
     return {
         "machine": machine_info(device),
-        "settings": {"warmup_s": warmup_s, "max_time_s": max_time_s, "threads": threads, "batch_sizes": list(batch_sizes)},
+        "settings": {
+            "warmup_s": warmup_s,
+            "max_time_s": max_time_s,
+            "threads": threads,
+            "batch_sizes": list(batch_sizes),
+            "cuda_graph": cuda_graph,
+            "p99_min_samples": P99_MIN_SAMPLES,
+            "stop_rule": (
+                f"at least {P99_MIN_SAMPLES} samples and a median that moved <= {STABLE_CHANGE:.0%} over the last {STABLE_WINDOW}, "
+                f"or --max-time (never fewer than {MIN_SAMPLES} samples)"
+            ),
+            "speedups": SPEEDUP_RULE,
+        },
         "results": [asdict(r) for r in results],
+        "artifacts": described,
+        "skipped": skipped,
+        "warnings": warnings,
     }
+
+
+def _result(subject: _Subject, batch_size: int, end_to_end: Figure, device: Figure | None, unavailable: str | None) -> BenchResult:
+    result = BenchResult(
+        subject.backend,
+        subject.artifact,
+        subject.precision,
+        batch_size,
+        end_to_end.latency_ms,
+        batch_size * 1000.0 / end_to_end.p50,
+        end_to_end.iterations,
+        end_to_end.cv,
+        end_to_end.stable,
+        timing=subject.timing,
+        warnings=list(end_to_end.warnings),
+        device_unavailable=unavailable,
+    )
+    if device is not None:
+        result.device_ms = device.latency_ms
+        result.device_throughput = batch_size * 1000.0 / device.p50 if device.p50 else None
+        result.device_iterations, result.device_cv, result.device_stable = device.iterations, device.cv, device.stable
+        result.device_timing = subject.device_timing
+        result.warnings += device.warnings
+    return result
 
 
 def _measure_all(
     subjects: list[_Subject], batch_sizes: Sequence[int], image_shape: tuple[int, ...], warmup_s: float, max_time_s: float, progress: Callable[[str], None]
 ) -> list[BenchResult]:
+    """Each batch size, each subject: the end-to-end figure first, then the device figure (a device
+    timer places its batch once, and an `infer` after that would replace it)."""
     results: list[BenchResult] = []
     rng = np.random.default_rng(0)
     for batch_size in batch_sizes:
@@ -222,28 +565,17 @@ def _measure_all(
         for subject in subjects:
             if subject.batch is not None and not subject.batch.fits(batch_size):
                 continue
-            progress(f"{subject.backend} {Path(subject.artifact).name} batch {batch_size}")
-            samples, stable = measure(subject.make(batch), warmup_s, max_time_s)
-            latency = summarize(samples)
-            cv = latency["std"] / latency["mean"] if latency["mean"] else 0.0
-            warnings = []
-            if cv > HIGH_CV:
-                warnings.append(f"coefficient of variation {cv:.2f} > {HIGH_CV}: timings unstable (other load? too few iterations?)")
-            if not stable:
-                warnings.append(f"median not stable within --max-time {max_time_s} s")
-            results.append(
-                BenchResult(
-                    subject.backend,
-                    subject.artifact,
-                    subject.precision,
-                    batch_size,
-                    latency,
-                    batch_size * 1000.0 / latency["p50"],
-                    len(samples),
-                    cv,
-                    stable,
-                    timing=subject.timing,
-                    warnings=warnings,
-                )
-            )
+            name = f"{subject.backend} {Path(subject.artifact).name} batch {batch_size}"
+            progress(f"{name} end-to-end")
+            end_to_end = figure_from_samples(*measure(subject.make(batch), warmup_s, max_time_s), max_time_s)
+            device, unavailable = None, subject.device_unavailable
+            if subject.make_device is not None:
+                progress(f"{name} device")
+                try:
+                    timed = subject.make_device(batch)
+                except NoDeviceTime as exc:
+                    unavailable = str(exc)
+                else:
+                    device = figure_from_samples(*measure(timed, warmup_s, max_time_s), max_time_s, label="device time")
+            results.append(_result(subject, batch_size, end_to_end, device, unavailable))
     return results

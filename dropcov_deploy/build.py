@@ -40,12 +40,12 @@ CALIBRATION_METHODS = tuple(dict.fromkeys(m for target in TARGETS.values() for m
 
 @dataclass
 class BuildOptions:
-    precision: str | Precision = Precision.FP16
+    precision: str | Precision | None = None  # None: fp16 from an FP32 export, a precision ONNX's own for the engine step
     calib: Path | None = None
     calib_size: int | None = 512
     calib_method: str = "entropy"
     backend: str = "onnxruntime"
-    batch: str = "1:8:32"
+    batch: str | None = None  # the engine's MIN:OPT:MAX; None: derived from the ONNX (engine.default_batch)
     workspace_gib: float | None = None
     timing_cache: Path | None = None
     out: Path | None = None
@@ -63,6 +63,7 @@ class BuildResult:
     engine_manifest: Manifest | None = None
     cached: bool = False
     seconds: float = 0.0
+    engine_only: bool = False  # the input was already a precision ONNX: only the engine step ran
 
 
 def default_cache_dir() -> Path:
@@ -78,19 +79,39 @@ def default_output(model: Path, precision: Precision, target: Target) -> Path:
 
 
 def source_manifest(model: Path) -> Manifest:
-    """The FP32 export's manifest: what every precision artifact derives its own from."""
+    """The input ONNX's manifest: an FP32 export (what every precision artifact derives its own
+    from) or a precision ONNX (which only the engine step takes further)."""
     found = Manifest.find(model) if model.exists() else None
     if found is None:
         onnx_io.load(model, load_external_data=False)  # a missing or corrupt file says so first
         found = Manifest()
     found.require_input(model)
-    if found.precision is not Precision.FP32:
-        raise InputError(f"{model}: is already {found.precision}; build from the FP32 export")
     return found
 
 
+def _engine_only(model: Path, source: Manifest, options: BuildOptions, step: StepReporter, log: Callable[[str], Any]) -> BuildResult:
+    """`build` on a precision ONNX: nothing left to calibrate, so only the target's engine step
+    runs (the same as `dropcov-deploy engine`); anything else is refused in one line."""
+    started = time.perf_counter()
+    target = get_target(options.backend)
+    requested = Precision.parse(options.precision) if options.precision is not None else source.precision
+    if requested is not source.precision or target.device_artifact is None or source.target != target.tag:
+        hint = f"`dropcov-deploy engine {model}`" if source.target == TARGETS["tensorrt"].tag else "build from the FP32 export"
+        raise InputError(f"{model}: is already a {source.precision} graph for {source.target}; for --precision {requested} --backend {target.name} {hint}")
+    if options.out is not None or options.calib is not None:
+        raise InputError(
+            f"{model}: is already a {source.precision} graph; --out and --calib apply to the precision step (for the plan's name use `dropcov-deploy engine --out`)"
+        )
+    engine, engine_manifest = load_hook(target.device_artifact)(
+        model, source, batch=options.batch, workspace_gib=options.workspace_gib, timing_cache=options.timing_cache, step=step, log=log
+    )
+    return BuildResult(
+        precision_onnx=model, manifest=source, engine=engine, engine_manifest=engine_manifest, engine_only=True, seconds=time.perf_counter() - started
+    )
+
+
 def _validate(options: BuildOptions) -> tuple[Precision, Target]:
-    precision = Precision.parse(options.precision)
+    precision = Precision.parse(options.precision if options.precision is not None else Precision.FP16)
     target = get_target(options.backend)
     if options.fc not in FC_CHOICES:
         raise InputError(f"--fc {options.fc!r}: use one of {', '.join(FC_CHOICES)}")
@@ -157,15 +178,20 @@ def build(model: str | Path, options: BuildOptions, step: StepReporter = quiet_s
 
     started = time.perf_counter()
     model = Path(model)
-    precision, target = _validate(options)
     source = source_manifest(model)
+    if source.precision is not Precision.FP32:
+        return _engine_only(model, source, options, step, log)
+    precision, target = _validate(options)
     out = Path(options.out) if options.out else default_output(model, precision, target)
     check_writable(out)
     source_sha = sha256_file(model)
     if target.device_artifact is not None:
-        from dropcov_deploy.engine import parse_profile
+        from dropcov_deploy.engine import batch_problem, default_batch, parse_profile
 
-        parse_profile(options.batch, options.workspace_gib)  # a bad --batch or --workspace fails before the slow work
+        profile = parse_profile(options.batch or default_batch(source.batch), options.workspace_gib)  # a bad --batch or --workspace fails before the slow work
+        problem = batch_problem(model, source.batch, profile)
+        if problem:
+            raise InputError(problem)
 
     calibration = reference = None
     if options.calib is not None:
@@ -246,7 +272,6 @@ def build(model: str | Path, options: BuildOptions, step: StepReporter = quiet_s
             batch=options.batch,
             workspace_gib=options.workspace_gib,
             timing_cache=options.timing_cache,
-            calibration_sha256=calibration.sha256 if calibration else None,
             step=step,
             log=log,
         )

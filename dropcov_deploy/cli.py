@@ -14,7 +14,7 @@ import typer
 
 from dropcov_deploy import __version__
 from dropcov_deploy.backends import DEFAULT_TARGET, TARGETS
-from dropcov_deploy.errors import EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, DropCovError
+from dropcov_deploy.errors import EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, DropCovError, missing_extra
 from dropcov_deploy.precision import Precision
 
 app = typer.Typer(
@@ -166,13 +166,15 @@ def export_command(
 
 @app.command("build")
 def build_command(
-    model: Path = typer.Argument(..., help="The FP32 ONNX written by `dropcov-deploy export`."),
-    precision: str = typer.Option(Precision.FP16.value, "--precision", "-p", help=f"{', '.join(Precision.choices())}."),
+    model: Path = typer.Argument(..., help="The FP32 ONNX written by `dropcov-deploy export` (or a TensorRT-target precision ONNX: engine step only)."),
+    precision: Optional[str] = typer.Option(None, "--precision", "-p", help=f"{', '.join(Precision.choices())} [default: fp16; a precision ONNX's own]."),
     calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration images (folder) or preprocessed .npy/.npz; required for fp16 and int8."),
     calib_size: int = typer.Option(512, "--calib-size", help="At most this many calibration inputs (a fixed, seeded subset)."),
     calib_method: str = typer.Option("entropy", "--calib-method", help="entropy, max or percentile (percentile: CPU target only)."),
     backend: str = typer.Option(DEFAULT_TARGET, "--backend", "-b", help=f"{' or '.join(TARGETS)}: the target the artifacts are built for."),
-    batch: str = typer.Option("1:8:32", "--batch", help="TensorRT optimization profile MIN:OPT:MAX for the batch axis."),
+    batch: Optional[str] = typer.Option(
+        None, "--batch", help="TensorRT optimization profile MIN:OPT:MAX (or N) for the batch axis [default: 1:8:32 within the ONNX's range]."
+    ),
     workspace: Optional[float] = typer.Option(None, "--workspace", help="TensorRT workspace limit in GiB."),
     timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="TensorRT timing cache, read and written."),
     fc: str = typer.Option("auto", "--fc", help="INT8 fc treatment: auto (measured), int8, weight-only or float."),
@@ -205,11 +207,50 @@ def build_command(
     render.build_summary(result)
 
 
+@app.command("engine")
+def engine_command(
+    model: Path = typer.Argument(..., help="An FP32 export, or a precision ONNX that `build --backend tensorrt` wrote (its manifest says which)."),
+    batch: Optional[str] = typer.Option(
+        None, "--batch", help="Optimization profile MIN:OPT:MAX (or N) for the batch axis [default: the ONNX's fixed batch, else 1:8:32 within its range]."
+    ),
+    workspace: Optional[float] = typer.Option(None, "--workspace", help="Builder workspace limit in GiB [default: TensorRT's, the GPU's memory]."),
+    timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="Timing cache file, read and written (faster rebuilds on the same GPU)."),
+    builder_optimization_level: Optional[int] = typer.Option(
+        None, "--builder-optimization-level", help="0-5: higher searches longer for faster kernels [default: TensorRT's, 3]."
+    ),
+    dla_core: Optional[int] = typer.Option(None, "--dla-core", help="Run on this DLA core (Jetson AGX/NX), GPU fallback for unsupported layers."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Plan file [default: <model>.plan]; its manifest goes beside it as <plan>.json."),
+    json_out: bool = typer.Option(False, "--json", help="Print the engine's manifest as JSON."),
+) -> None:
+    """Compile a TensorRT plan here, on the device it will run on: no calibration data, no PyTorch."""
+    from dropcov_deploy import render
+    from dropcov_deploy.console import err, step
+    from dropcov_deploy.engine import EngineOptions, compile_engine
+
+    options = EngineOptions(
+        batch=batch, workspace_gib=workspace, timing_cache=timing_cache, builder_optimization_level=builder_optimization_level, dla_core=dla_core, out=out
+    )
+    result = compile_engine(model, options, step=step, log=lambda text: err.print(text, highlight=False, markup=False))
+    if json_out:
+        _print_json(result.manifest.to_dict())
+        return
+    render.engine_summary(result)
+
+
 @app.command("verify")
 def verify_command(
-    artifacts: list[Path] = typer.Argument(..., help="ONNX models (any precision) and TensorRT engines."),
-    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="The original model: the reference."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Image folder (ImageFolder labelled, or flat)."),
+    artifacts: Optional[list[Path]] = typer.Argument(None, help="ONNX models (any precision) and TensorRT engines."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="The original model, run in PyTorch now: the reference."),
+    reference: Optional[Path] = typer.Option(
+        None, "--reference", "-r", help="A reference file saved by --save-reference: verify without PyTorch (on the device)."
+    ),
+    save_reference: Optional[Path] = typer.Option(
+        None, "--save-reference", help="With --checkpoint: save inputs, labels and PyTorch logits to this .npz for verify --reference."
+    ),
+    max_reference_mb: float = typer.Option(
+        256.0, "--max-reference-mb", help="Past this many MB of inputs, the reference lists the image files (with hashes) instead of storing them."
+    ),
+    data: Optional[Path] = typer.Option(None, "--data", help="Image folder (ImageFolder labelled, or flat); with --reference, where its listed images are."),
     random: Optional[int] = typer.Option(None, "--random", help="N seeded random inputs instead of images."),
     batch_size: int = typer.Option(32, "--batch-size"),
     gates: Optional[Path] = typer.Option(None, "--gates", help="JSON file overriding the default gates."),
@@ -219,14 +260,28 @@ def verify_command(
     device: str = typer.Option("cpu", "--device", help="ONNX Runtime device: cpu or cuda."),
     json_out: bool = typer.Option(False, "--json", help="Print the JSON report instead of a table."),
 ) -> None:
-    """Parity of every artifact against the PyTorch model: metrics, chain attribution, gates (exit 1 on failure)."""
+    """Parity of every artifact against the PyTorch model (or a saved reference): metrics, chain attribution, gates (exit 1 on failure)."""
     from dropcov_deploy import render
     from dropcov_deploy.console import step
     from dropcov_deploy.errors import GateFailed
     from dropcov_deploy.reports import junit_xml, write_json, write_text
     from dropcov_deploy.verify import verify
 
-    result = verify(checkpoint, list(artifacts), data=data, random=random, batch_size=batch_size, gates_file=gates, locate=locate, device=device, step=step)
+    result = verify(
+        checkpoint,
+        list(artifacts or []),
+        reference=reference,
+        data=data,
+        random=random,
+        batch_size=batch_size,
+        gates_file=gates,
+        locate=locate,
+        device=device,
+        save_reference=save_reference,
+        max_reference_mb=max_reference_mb,
+        outputs=[report, junit],
+        step=step,
+    )
     data_out = result.to_dict()
     if report:
         write_json(report, data_out)
@@ -236,6 +291,7 @@ def verify_command(
         _print_json(data_out)
     else:
         render.verify_table(data_out)
+    render.saved_reference(data_out)
     if not result.passed:
         failed = [
             f"{Path(a['path']).name}: " + ", ".join(n for n, g in a["gates"].items() if g["passed"] is False) for a in data_out["artifacts"] if not a["passed"]
@@ -248,15 +304,18 @@ def bench_command(
     artifacts: list[Path] = typer.Argument(..., help="ONNX models and TensorRT engines to time."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="Also time the PyTorch model (the baseline)."),
     batch_sizes: str = typer.Option("1,8,32", "--batch-sizes", help="Comma-separated batch sizes."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda (cuda adds GPU compute time by CUDA events beside end-to-end latency)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Intra-op threads for torch and ONNX Runtime."),
     warmup: float = typer.Option(1.0, "--warmup", help="Warm-up seconds per measurement."),
-    max_time: float = typer.Option(5.0, "--max-time", help="Seconds at most per measurement (stops earlier once the median is stable)."),
+    max_time: float = typer.Option(
+        5.0, "--max-time", help="Seconds at most per measurement (stops earlier once 200 samples are in and the median is stable; p99 needs 200)."
+    ),
+    cuda_graph: bool = typer.Option(False, "--cuda-graph", help="TensorRT engines: time the GPU run replayed from a CUDA graph (ONNX models are unaffected)."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write the JSON report here."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of latency and throughput against batch size."),
     json_out: bool = typer.Option(False, "--json", help="Print the JSON report instead of a table."),
 ) -> None:
-    """Latency percentiles and throughput per backend and batch size, with speed-up against PyTorch."""
+    """Latency percentiles and throughput per backend and batch size (end-to-end; on a GPU also device compute), with speed-ups against PyTorch."""
     from dropcov_deploy import render
     from dropcov_deploy.bench import bench
     from dropcov_deploy.console import err
@@ -266,6 +325,11 @@ def bench_command(
         sizes = [int(s) for s in batch_sizes.split(",") if s.strip()]
     except ValueError:
         raise typer.BadParameter(f"--batch-sizes takes integers like 1,8,32, got {batch_sizes!r}") from None
+    if plot:
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:  # say so before the minutes of timing, not after
+            raise ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")
     with err.status("benchmarking ...") as status:
         result = bench(
             list(artifacts),
@@ -275,6 +339,7 @@ def bench_command(
             threads=threads,
             warmup_s=warmup,
             max_time_s=max_time,
+            cuda_graph=cuda_graph,
             progress=lambda text: status.update(f"benchmarking {text} ..."),
         )
     if report:
@@ -325,7 +390,9 @@ def inspect_command(
 
 def exit_code_for(exc: BaseException) -> int:
     """How main maps an exception: a DropCovError to one line and its exit code, an interrupt
-    to 130, anything else (a bug) to its traceback and 70, never 1 (which means "a gate failed")."""
+    to 130, a module an extra installs to the pip line and 3, anything else (a bug) to its
+    traceback and 70, never 1 (which means "a gate failed")."""
+    exc = missing_extra(exc) or exc
     if isinstance(exc, DropCovError):
         from dropcov_deploy.console import fail
 

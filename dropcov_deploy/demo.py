@@ -101,7 +101,7 @@ def run_demo(out: Path, epochs: int = DEMO_EPOCHS, step: StepReporter = quiet_st
 
     started = time.perf_counter()
     paths = artifacts
-    verified = verify(trained.best_path, paths, data=calibration, step=step).to_dict()
+    verified = verify(trained.best_path, paths, data=calibration, save_reference=out / "reference.npz", step=step).to_dict()
     write_json(out / "verify.json", verified)
     seconds["verify"] = time.perf_counter() - started
 
@@ -173,7 +173,7 @@ def write_report(result: DemoResult, history: list[Any], manifest: dict[str, Any
             r["batch_size"],
             f"{r['latency_ms']['p50']:.2f}",
             f"{r['latency_ms']['p90']:.2f}",
-            f"{r['latency_ms']['p99']:.2f}",
+            "-" if r["latency_ms"]["p99"] is None else f"{r['latency_ms']['p99']:.2f}",  # None: fewer samples than p99 needs
             f"{r['throughput']:.0f}",
             r["iterations"],
             "-" if r["speedup_vs_torch"] is None else f"{r['speedup_vs_torch']:.2f}x",
@@ -192,6 +192,9 @@ def write_report(result: DemoResult, history: list[Any], manifest: dict[str, Any
                 ["artifact", "file", "backend", "precision", "held-out accuracy", "top-1 agreement", "max rel. error", "min cosine", "non-finite", "gates"],
                 verify_rows,
             ),
+            "The held-out inputs, labels and PyTorch logits are saved in `reference.npz`: on a device without PyTorch, "
+            f"`dropcov-deploy verify --reference reference.npz {' '.join(Path(a['path']).name for a in result.verify['artifacts'])}` "
+            "gives the same table (README: Deploy to a device).",
             "## Bench",
             f"On {result.bench['machine'].get('cpu', '?')}, {result.bench['machine']['device']}; warm-up by time, "
             f"then until the median is stable or {BENCH_MAX_TIME_S:.0f} s per cell. Latency in ms.",

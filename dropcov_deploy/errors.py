@@ -55,3 +55,27 @@ def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type name when it has none): our errors are one line."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+# What a command may import that the base install (the device's) lacks: top-level module -> extra.
+EXTRAS = {
+    "torch": "torch",
+    "torchvision": "torch",
+    "timm": "torch",
+    "onnxscript": "torch",
+    "sklearn": "torch",
+    "matplotlib": "plot",
+    "modelopt": "build",
+}
+
+
+def missing_extra(exc: BaseException) -> BackendUnavailable | None:
+    """A ModuleNotFoundError for a module an extra installs, as the one line that names the pip
+    command (exit 3); None for anything else (a missing module we do not know is a bug)."""
+    if not isinstance(exc, ModuleNotFoundError) or not exc.name:
+        return None
+    module = exc.name.split(".")[0]
+    extra = EXTRAS.get(module)
+    if extra is None:
+        return None
+    return BackendUnavailable(f"this command needs {module}, which the base install leaves out: pip install 'dropcov-deploy[{extra}]'")

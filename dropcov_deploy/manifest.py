@@ -115,6 +115,17 @@ class BatchRange:
     def fits(self, batch_size: int) -> bool:
         return self.min <= batch_size <= (self.max or batch_size)
 
+    def split(self, count: int, preferred: int) -> list[tuple[int, int, int]]:
+        """How to run `count` inputs in batches this artifact accepts: (start, stop, run size)
+        per chunk. Chunks are `preferred` long, capped to max; a chunk shorter than min is run
+        padded to min (run size > stop - start; the caller drops the padded outputs)."""
+        if preferred < 1:
+            raise ValueError(f"batch size {preferred}: must be positive")
+        size = min(max(preferred, self.min), self.max or preferred)
+        if not self.dynamic and self.max:
+            size = self.max
+        return [(start, min(start + size, count), max(min(start + size, count) - start, self.min)) for start in range(0, count, size)]
+
     def to_dict(self) -> dict[str, Any]:
         return {"dynamic": self.dynamic, "min": self.min, "max": self.max}
 

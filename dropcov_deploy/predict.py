@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from dropcov_deploy.backends import open_runner
+from dropcov_deploy.backends import open_runner, run_batched
 from dropcov_deploy.data.images import load_image, preprocess
 from dropcov_deploy.data.preprocessing import Preprocessing
 from dropcov_deploy.errors import InputError
@@ -42,16 +42,8 @@ def predict(artifact: str | Path, images: list[str | Path], top_k: int = 5, devi
         if not path.exists():
             raise InputError(f"{path}: no such image")
     batch = np.stack([preprocess(load_image(p), prep) for p in paths]).astype(np.float32)
-    limits = manifest.batch
     with open_runner(artifact, device) as runner:
-        if limits is not None and not limits.dynamic and limits.max:
-            fixed = int(limits.max)
-            chunks = [
-                np.concatenate([batch[i : i + fixed], np.repeat(batch[-1:], max(0, fixed - len(batch[i : i + fixed])), 0)]) for i in range(0, len(batch), fixed)
-            ]
-            logits = np.concatenate([runner(c) for c in chunks])[: len(batch)]
-        else:
-            logits = runner(batch)
+        logits = run_batched(runner, batch, manifest.batch, len(batch))
     probabilities = softmax(logits.astype(np.float64))
     k = min(top_k, probabilities.shape[1])
     results = []

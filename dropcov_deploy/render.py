@@ -139,12 +139,27 @@ def export_summary(result: Any) -> None:
     out.print(f"wrote [bold]{result.path}[/] and {result.manifest_path.name} in {result.seconds:.1f} s; {verdict}")
 
 
+def engine_summary(result: Any) -> None:
+    """After `dropcov-deploy engine`: the plan, its precision and layers, and how long it took."""
+    engine = result.manifest.to_dict()
+    layers = engine.get("layers") or {}
+    counted = ", ".join(f"{k} {v}" for k, v in (layers.get("precisions") or {}).items())
+    out.print(
+        f"wrote [bold]{escape(str(result.plan))}[/] ({engine.get('precision')}, TensorRT {engine.get('tensorrt_version')} on {engine.get('gpu_name')}, "
+        f"batch {engine.get('profile')}) in {result.seconds:.1f} s" + (f"; layers: {counted}" if counted else ""),
+        highlight=False,
+    )
+
+
 def build_summary(result: Any) -> None:
     manifest = result.manifest.to_dict()
     details = manifest.get("precision_details", {})
     check = details.get("check", {})
-    summary = [f"wrote [bold]{result.precision_onnx}[/] ({manifest['precision']}, {'from cache' if result.cached else 'built'}) in {result.seconds:.1f} s"]
-    if check:
+    if getattr(result, "engine_only", False):
+        summary = [f"{result.precision_onnx} is already {manifest['precision']}: engine step only ({result.seconds:.1f} s)"]
+    else:
+        summary = [f"wrote [bold]{result.precision_onnx}[/] ({manifest['precision']}, {'from cache' if result.cached else 'built'}) in {result.seconds:.1f} s"]
+    if check and not getattr(result, "engine_only", False):
         summary.append(
             f"on {manifest['calibration']['images']} calibration images: top-1 agreement with FP32 {check['top1_agreement']:.4f}"
             + (f", accuracy {check['accuracy']:.4f} (FP32 {check['reference_accuracy']:.4f})" if "accuracy" in check else "")
@@ -165,7 +180,9 @@ def build_summary(result: Any) -> None:
 
 # ------------------------------------------------------------------ verify, bench, predict
 def verify_table(report: dict[str, Any]) -> None:
-    table = Table(title=f"verify: {report['samples']} inputs, reference {escape(report['reference']['arch'])} (PyTorch FP32)")
+    source = report["reference"].get("source", "")
+    where = " from a saved reference" if source.startswith("reference file") else ""
+    table = Table(title=f"verify: {report['samples']} inputs, reference {escape(str(report['reference']['arch']))} (PyTorch FP32{where})")
     for column in ("artifact", "precision", "backend", "rel. error", "cos min", "top-1", "top-5", "non-finite", "accuracy", "gates"):
         table.add_column(column)
     reference_accuracy = report["reference"].get("accuracy")
@@ -191,7 +208,11 @@ def verify_table(report: dict[str, Any]) -> None:
         if len(artifact["chain"]) > 1:
             parts = "; ".join(f"{step}: rel {v.get('relative_error', 0):.1e}, top-1 {v.get('top1_agreement', 0):.4f}" for step, v in artifact["chain"].items())
             out.print(f"[dim]chain {escape(Path(artifact['path']).name)}: {escape(parts)}[/]", highlight=False)
+        for warning in artifact.get("warnings", []):
+            err.print(f"warning: {escape(Path(artifact['path']).name)}: {escape(warning)}", highlight=False)
         located = artifact.get("locate")
+        if located and not located.get("supported"):
+            out.print(f"[dim]locate {escape(Path(artifact['path']).name)}: {escape(located.get('why', 'not supported'))}[/]", highlight=False)
         if located and located.get("supported"):
             errors = ", ".join(f"{k} {v:.1e}" for k, v in located["relative_error"].items())
             out.print(
@@ -201,28 +222,77 @@ def verify_table(report: dict[str, Any]) -> None:
             )
 
 
-def bench_table(report: dict[str, Any]) -> None:
-    table = Table(title=f"bench on {escape(str(report['machine'].get('cpu', '')))} ({report['machine']['device']})")
-    for column in ("backend", "artifact", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "std", "img/s", "iters", "vs torch"):
-        table.add_column(column, justify="right" if column not in ("backend", "artifact", "precision") else "left")
-    for r in report["results"]:
-        lat = r["latency_ms"]
-        table.add_row(
-            r["backend"],
-            escape(Path(r["artifact"]).name),
-            r["precision"],
-            str(r["batch_size"]),
-            f"{lat['p50']:.2f}",
-            f"{lat['p90']:.2f}",
-            f"{lat['p99']:.2f}",
-            f"{lat['mean']:.2f}",
-            f"{lat['std']:.2f}",
-            f"{r['throughput']:.1f}",
-            str(r["iterations"]),
-            "-" if r["speedup_vs_torch"] is None else f"{r['speedup_vs_torch']:.2f}x",
+def saved_reference(report: dict[str, Any]) -> None:
+    """One line after verify --save-reference: where the reference went and what it holds."""
+    saved = report["reference"].get("saved_reference")
+    if saved:
+        how = {
+            "arrays": "the preprocessed inputs",
+            "files": "the image file list with hashes (give --data on the device)",
+            "random": "the seed of its random inputs",
+        }
+        err.print(
+            f"saved reference {escape(saved['path'])}: {saved['samples']} samples, PyTorch logits, {how.get(saved['inputs_stored'], '')}", highlight=False
         )
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def _bytes(value: int | None) -> str:
+    return "?" if value is None else f"{value / 2**20:.1f} MiB"
+
+
+def bench_table(report: dict[str, Any]) -> None:
+    """End-to-end columns always; the GPU (device) columns only when some result has a device figure
+    (mean and std then stay in the JSON, to keep the table readable). p99 is '-' where fewer samples
+    than p99 needs were taken (the warning says how many)."""
+    results = report["results"]
+    device = any(r.get("device_ms") for r in results)
+    table = Table(title=f"bench on {escape(str(report['machine'].get('gpu') or report['machine'].get('cpu', '')))} ({report['machine']['device']})")
+    if device:
+        table.caption = (
+            "ms, img/s, vs torch: end-to-end (host in, host out). GPU: device compute by CUDA events, input already on the GPU. Speed-ups: like with like."
+        )
+    columns = ["backend", "artifact", "precision", "batch", "p50 ms", "p90 ms", "p99 ms"]
+    columns += ["img/s", "iters", "vs torch", "GPU p50 ms", "GPU p99 ms", "GPU vs torch"] if device else ["mean ms", "std", "img/s", "iters", "vs torch"]
+    for column in columns:
+        if column in ("backend", "artifact"):
+            table.add_column(column, no_wrap=True)
+        else:
+            table.add_column(column, justify="left" if column == "precision" else "right")
+    for r in results:
+        lat = r["latency_ms"]
+        row = [r["backend"], escape(Path(r["artifact"]).name), r["precision"], str(r["batch_size"]), _ms(lat["p50"]), _ms(lat["p90"]), _ms(lat["p99"])]
+        if not device:
+            row += [_ms(lat["mean"]), _ms(lat["std"])]
+        row += [f"{r['throughput']:.1f}", str(r["iterations"]), _ratio(r["speedup_vs_torch"])]
+        if device:
+            dev = r.get("device_ms") or {}
+            row += [_ms(dev.get("p50")), _ms(dev.get("p99")), _ratio(r.get("device_speedup_vs_torch"))]
+        table.add_row(*row)
     out.print(table)
-    for r in report["results"]:
+    for artifact in report.get("artifacts", []):
+        engine = artifact.get("engine")
+        if engine:
+            seconds = engine.get("deserialize_seconds")
+            out.print(
+                f"[dim]engine {escape(Path(artifact['artifact']).name)}: plan {_bytes(engine.get('plan_bytes'))}, "
+                f"deserialized in {'?' if seconds is None else f'{seconds:.2f} s'}, device memory {_bytes(engine.get('device_memory_bytes'))}, "
+                f"CUDA graph {'on' if engine.get('cuda_graph') else 'off'}[/]",
+                highlight=False,
+            )
+    if report["machine"].get("device") == "cuda":
+        for backend, reason in dict.fromkeys((r["backend"], r["device_unavailable"]) for r in results if r.get("device_unavailable")):
+            out.print(f"[dim]no GPU time for {escape(backend)}: {escape(reason)}[/]", highlight=False)
+    for warning in report.get("warnings", []):
+        err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+    for r in results:
         for warning in r["warnings"]:
             err.print(
                 f"[yellow]warning:[/] {escape(r['backend'])} {escape(Path(r['artifact']).name)} batch {r['batch_size']}: {escape(warning)}", highlight=False

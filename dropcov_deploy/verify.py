@@ -19,11 +19,12 @@ import numpy as np
 
 from dropcov_deploy import gates as gate_rules
 from dropcov_deploy import head_graph, onnx_io
-from dropcov_deploy.backends import Runner, open_runner
+from dropcov_deploy.backends import open_runner, run_batched
 from dropcov_deploy.errors import InputError
-from dropcov_deploy.manifest import ONNX, TENSORRT_ENGINE, Manifest, artifact_kind
+from dropcov_deploy.manifest import ONNX, TENSORRT_ENGINE, Manifest, artifact_kind, library_versions, sha256_file
 from dropcov_deploy.metrics import compare
 from dropcov_deploy.precision import Precision
+from dropcov_deploy.reference import DEFAULT_MAX_INPUT_MB, REFERENCE_FORMAT, Reference, image_files_record, load_reference
 from dropcov_deploy.steps import StepReporter, quiet_step
 
 STAGES = ("backbone", "reduced", "covariance", "logits")
@@ -42,6 +43,7 @@ class ArtifactResult:
     passed: bool
     chain: dict[str, dict[str, Any]] = field(default_factory=dict)
     locate: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         data = {
@@ -55,6 +57,8 @@ class ArtifactResult:
         }
         if self.locate is not None:
             data["locate"] = self.locate
+        if self.warnings:
+            data["warnings"] = self.warnings
         return data
 
 
@@ -79,88 +83,175 @@ class VerifyReport:
         }
 
 
-def _inputs(data: Path | None, random: int | None, info, image_size: int) -> tuple[np.ndarray, np.ndarray | None, str]:
+def _inputs(
+    data: Path | None, random: int | None, class_names: list[str] | None, prep, image_size: int
+) -> tuple[np.ndarray, np.ndarray | None, str, list[Path]]:
     from dropcov_deploy.data.images import list_images, load_batch
+    from dropcov_deploy.reference import random_inputs
 
     if (data is None) == (random is None):
         raise InputError("give exactly one of --data DIR or --random N")
     if random is not None:
         if random < 1:
             raise InputError(f"--random {random}: need at least one input")
-        rng = np.random.default_rng(0)
-        return rng.standard_normal((random, 3, image_size, image_size), dtype=np.float32), None, f"{random} seeded random inputs"
+        return random_inputs(random, (3, image_size, image_size)), None, f"{random} seeded random inputs", []
     assert data is not None  # exactly one of data/random, checked above
     images = list_images(data)
-    batch = load_batch(images.paths, info.resolved_preprocessing())
+    batch = load_batch(images.paths, prep)
     labels = np.asarray(images.labels) if images.labels is not None else None
-    if labels is not None and images.class_names and info.class_names and images.class_names != info.class_names:
-        raise InputError(f"{data}: class folders {images.class_names[:5]}... do not match the model's classes {info.class_names[:5]}...")
-    return batch, labels, f"{len(batch)} images from {data}" + (" (labelled)" if labels is not None else "")
+    if labels is not None and images.class_names and class_names and images.class_names != class_names:
+        raise InputError(f"{data}: class folders {images.class_names[:5]}... do not match the model's classes {class_names[:5]}...")
+    return batch, labels, f"{len(batch)} images from {data}" + (" (labelled)" if labels is not None else ""), images.paths
 
 
-def _run(runner: Runner, batch: np.ndarray, batch_size: int) -> np.ndarray:
-    return np.concatenate([runner(batch[i : i + batch_size]) for i in range(0, len(batch), batch_size)])
-
-
-def _check_fits(path: Path, manifest: Manifest, image_size: int, batch_size: int) -> None:
+def _check_fits(path: Path, manifest: Manifest, image_size: int) -> None:
     shape = manifest.input.shape if manifest.input is not None else None
     if shape and list(shape[2:]) != [image_size, image_size]:
         raise InputError(f"{path}: takes {shape[2]}x{shape[3]} inputs, the checkpoint's preprocessing gives {image_size}x{image_size}")
-    limits = manifest.batch
-    if limits is not None and not limits.dynamic and batch_size != limits.max:
-        raise InputError(f"{path}: fixed batch {limits.max}; run verify with --batch-size {limits.max}")
+
+
+def torch_reference(
+    checkpoint: str | Path,
+    *,
+    data: Path | None,
+    random: int | None,
+    batch_size: int,
+    artifacts: dict[Path, Manifest],
+    step: StepReporter = quiet_step,
+) -> Reference:
+    """PyTorch's logits on the inputs, with what a reference file records (needs PyTorch)."""
+    import torch
+
+    from dropcov_deploy.gates import family_overrides
+    from dropcov_deploy.models import load_checkpoint_with_info
+
+    with step(f"loading {checkpoint}"):
+        loaded = load_checkpoint_with_info(checkpoint)
+    info = loaded.info
+    prep = info.resolved_preprocessing()
+    for path, manifest in artifacts.items():
+        _check_fits(path, manifest, prep.crop)
+    batch, labels, described, image_paths = _inputs(data, random, info.class_names, prep, prep.crop)
+    with step(f"PyTorch reference on {described}"), torch.no_grad():
+        logits = np.concatenate([loaded.model(torch.from_numpy(batch[i : i + batch_size])).numpy() for i in range(0, len(batch), batch_size)])
+    meta: dict[str, Any] = {
+        "format": REFERENCE_FORMAT,
+        "checkpoint": {"path": str(checkpoint), "sha256": info.sha256},
+        "arch": info.arch,
+        "family": info.family,
+        "class_names": info.class_names,
+        "num_classes": int(logits.shape[1]),
+        "input_shape": [3, prep.crop, prep.crop],
+        "preprocessing": prep.to_dict(),
+        "inputs": described,
+        "random": random,
+        "family_gates": family_overrides(info.family),
+        "artifacts": {path.name: sha256_file(path) for path in artifacts},
+        "versions": library_versions("torch", "numpy"),
+    }
+    if labels is not None:
+        meta["accuracy"] = float((logits.argmax(1) == labels).mean())
+    files = image_files_record(image_paths, Path(data)) if data is not None else []
+    return Reference(inputs=batch, logits=logits, labels=labels, meta=meta, model=loaded.model, files=files)
+
+
+def _outputs_may_not_replace(outputs: Sequence[Path | None], inputs: Sequence[Path | None]) -> None:
+    """No output of verify may overwrite one of its inputs (an artifact, its manifest, the checkpoint, the reference)."""
+    from dropcov_deploy.manifest import sidecar_path
+
+    protected = {}
+    for item in inputs:
+        if item is not None:
+            for candidate in (Path(item), sidecar_path(Path(item))):
+                protected[candidate.resolve()] = item
+    for out in outputs:
+        if out is not None and Path(out).resolve() in protected:
+            raise InputError(f"{out}: is one of verify's inputs ({protected[Path(out).resolve()]}); write the output elsewhere")
 
 
 def verify(
-    checkpoint: str | Path,
+    checkpoint: str | Path | None,
     artifacts: Sequence[str | Path],
     *,
+    reference: Path | None = None,
     data: Path | None = None,
     random: int | None = None,
     batch_size: int = 32,
     gates_file: Path | None = None,
     locate: bool = False,
     device: str = "cpu",
+    save_reference: Path | None = None,
+    max_reference_mb: float = DEFAULT_MAX_INPUT_MB,
+    outputs: Sequence[Path | None] = (),
     step: StepReporter = quiet_step,
 ) -> VerifyReport:
-    """Run PyTorch and every artifact on the same inputs; metrics, chain attribution and gates."""
-    import torch
+    """Run every artifact on the reference's inputs: metrics, chain attribution and gates.
 
-    from dropcov_deploy.models import load_checkpoint_with_info
-
+    The reference is PyTorch run now on `checkpoint` (optionally saved to `save_reference`),
+    or a reference file saved earlier (`reference`: no PyTorch needed). `outputs` are the
+    files the caller will write (reports), checked against the inputs before any work."""
     started = time.perf_counter()
-    if not artifacts:
+    if (checkpoint is None) == (reference is None):
+        raise InputError("give exactly one of --checkpoint CKPT (PyTorch here) or --reference REF.npz (saved by --save-reference)")
+    if reference is not None and random is not None:
+        raise InputError("--random: a reference file holds its own inputs")
+    if save_reference is not None and checkpoint is None:
+        raise InputError("--save-reference needs --checkpoint: a reference is PyTorch's answer")
+    if not artifacts and save_reference is None:
         raise InputError("name at least one artifact to verify")
     if batch_size < 1:
         raise InputError(f"--batch-size {batch_size}: must be positive")
-    overrides = gate_rules.read_overrides(gates_file)  # a bad gates file fails before the slow work
     paths = [Path(a) for a in artifacts]
+    _outputs_may_not_replace([save_reference, *outputs], [*paths, Path(checkpoint) if checkpoint is not None else None, reference, gates_file, data])
+    if save_reference is not None:
+        from dropcov_deploy.atomic import check_writable
+
+        check_writable(Path(save_reference))
+    overrides = gate_rules.read_overrides(gates_file)  # a bad gates file fails before the slow work
     for path in paths:
         if not path.exists():
             raise InputError(f"{path}: no such file")
         artifact_kind(path)
     manifests_by_path = {path: Manifest.read(path) for path in paths}
 
-    with step(f"loading {checkpoint}"):
-        loaded = load_checkpoint_with_info(checkpoint)
-    gates = gate_rules.with_overrides(gate_rules.default_gates(loaded.info.family), overrides)
-    image_size = loaded.info.resolved_preprocessing().crop
-    for path, manifest in manifests_by_path.items():
-        _check_fits(path, manifest, image_size, batch_size)
-    batch, labels, described = _inputs(data, random, loaded.info, image_size)
-
-    with step(f"PyTorch reference on {described}"), torch.no_grad():
-        reference = np.concatenate([loaded.model(torch.from_numpy(batch[i : i + batch_size])).numpy() for i in range(0, len(batch), batch_size)])
-    reference_summary: dict[str, Any] = {"backend": "torch", "precision": "fp32", "checkpoint": str(checkpoint), "arch": loaded.info.arch, "inputs": described}
+    if checkpoint is not None:
+        ref = torch_reference(checkpoint, data=data, random=random, batch_size=batch_size, artifacts=manifests_by_path, step=step)
+        saved = None
+        if save_reference is not None:
+            with step(f"saving the reference {save_reference}"):
+                saved = ref.save(Path(save_reference), max_reference_mb)
+    else:
+        assert reference is not None
+        with step(f"loading the reference {reference}"):
+            ref = load_reference(Path(reference), data)
+        for path, manifest in manifests_by_path.items():
+            problem = ref.mismatch(path, manifest)
+            if problem:
+                raise InputError(problem)
+        saved = None
+    gates = gate_rules.with_overrides(gate_rules.with_overrides(gate_rules.DEFAULT_GATES, ref.meta.get("family_gates") or {}), overrides)
+    batch, labels, expected = ref.inputs, ref.labels, ref.logits
+    reference_summary: dict[str, Any] = {
+        "backend": "torch",
+        "precision": "fp32",
+        "checkpoint": (ref.meta.get("checkpoint") or {}).get("path"),
+        "arch": ref.meta.get("arch"),
+        "inputs": ref.described,
+        "source": "checkpoint (PyTorch in this run)" if checkpoint is not None else f"reference file {reference}",
+    }
     if labels is not None:
-        reference_summary["accuracy"] = float((reference.argmax(1) == labels).mean())
+        reference_summary["accuracy"] = float((expected.argmax(1) == labels).mean())
+    if saved is not None:
+        reference_summary["saved_reference"] = saved
 
-    outputs: dict[Path, np.ndarray] = {}
+    outputs_by_path: dict[Path, np.ndarray] = {}
     backends: dict[Path, str] = {}
+    runner_warnings: dict[Path, list[str]] = {}
     for path in paths:
         with step(f"running {path.name}"), open_runner(path, device) as runner:
-            outputs[path] = _run(runner, batch, batch_size)
+            outputs_by_path[path] = run_batched(runner, batch, manifests_by_path[path].batch, batch_size)
             backends[path] = runner.backend
+            runner_warnings[path] = list(getattr(runner, "warnings", None) or [])  # e.g. an engine built on another GPU of its compute capability
 
     kinds = {path: artifact_kind(path) for path in paths}
     fp32_onnx = next((p for p in paths if kinds[p] == ONNX and manifests_by_path[p].precision is Precision.FP32), None)
@@ -169,20 +260,23 @@ def verify(
     for path in paths:
         manifest = manifests_by_path[path]
         precision = manifest.precision
-        metrics = compare(outputs[path], reference, labels)
+        metrics = compare(outputs_by_path[path], expected, labels)
         chain = {"export" if precision is Precision.FP32 and kinds[path] == ONNX else "vs_torch": _brief(metrics)}
         if precision is not Precision.FP32 and fp32_onnx is not None:
-            chain["precision (vs FP32 ONNX)"] = _brief(compare(outputs[path], outputs[fp32_onnx], labels))
+            chain["precision (vs FP32 ONNX)"] = _brief(compare(outputs_by_path[path], outputs_by_path[fp32_onnx], labels))
         if kinds[path] == TENSORRT_ENGINE:
             source = by_sha.get(manifest.get("onnx_sha256") or "")
             if source is not None:
-                chain["engine (vs its precision ONNX)"] = _brief(compare(outputs[path], outputs[source], labels))
+                chain["engine (vs its precision ONNX)"] = _brief(compare(outputs_by_path[path], outputs_by_path[source], labels))
         evaluated = gate_rules.evaluate(metrics, gates.get(precision, gates[Precision.FP32]))
         passed = all(g["passed"] is not False for g in evaluated.values())
-        result = ArtifactResult(path, backends[path], precision.value, metrics, evaluated, passed, chain)
+        result = ArtifactResult(path, backends[path], precision.value, metrics, evaluated, passed, chain, warnings=runner_warnings[path])
         if locate and not passed:
-            with step(f"locating the first diverging stage of {path.name}"):
-                result.locate = locate_divergence(loaded.model, path, batch[: min(len(batch), 16)], precision)
+            if ref.model is None:
+                result.locate = {"supported": False, "why": "locating a stage needs the PyTorch model: run verify --checkpoint where PyTorch is installed"}
+            else:
+                with step(f"locating the first diverging stage of {path.name}"):
+                    result.locate = locate_divergence(ref.model, path, batch[: min(len(batch), 16)], precision)
         results.append(result)
     return VerifyReport(samples=len(batch), reference=reference_summary, artifacts=results, seconds=time.perf_counter() - started)
 

@@ -112,3 +112,32 @@ def assert_one_line_error(result, code: int, *fragments: str) -> None:
     assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
     for fragment in fragments:
         assert fragment in errors[0], (fragment, errors[0])
+
+
+# What the base install (`pip install dropcov-deploy`, the device's) leaves out: the extras' modules.
+EXTRA_MODULES = ("torch", "torchvision", "timm", "onnxscript", "sklearn", "matplotlib", "modelopt", "tensorrt")
+
+_BLOCKER = """
+import sys, importlib.abc
+class _Absent(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+sys.meta_path.insert(0, _Absent())
+sys.argv = ['dropcov-deploy', *ARGS]
+from dropcov_deploy.cli import main
+try:
+    main()
+finally:
+    leaked = [m for m in BLOCKED if m in sys.modules]
+    if leaked:
+        print(f'imported {leaked}', file=sys.stderr)
+"""
+
+
+def run_cli_without(modules: tuple[str, ...], *args, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`dropcov-deploy ARGS` in a process where `modules` cannot be imported (ModuleNotFoundError,
+    as when they are not installed): the device's base install, without a second virtualenv."""
+    code = f"BLOCKED = {tuple(modules)!r}\nARGS = {[str(a) for a in args]!r}\n" + _BLOCKER
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, timeout=timeout)

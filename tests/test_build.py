@@ -196,7 +196,7 @@ def test_build_cli_errors(tmp_path, seeded_digits):
     from dropcov_deploy.backends.tensorrt import tensorrt_status
 
     if not tensorrt_status()[0]:
-        assert_one_line_error(result, 3, "no TensorRT engine built", "--backend onnxruntime")
+        assert_one_line_error(result, 3, "no TensorRT engine built", f"on the device run: dropcov-deploy engine {fp16} --batch 1:8:32")
     else:  # TensorRT and a GPU here: the FP32 engine is built beside the precision ONNX
         assert result.returncode == 0, result.stdout + result.stderr
         assert (tmp_path / "x.fp16.plan").exists() and "TensorRT engine:" in result.stdout

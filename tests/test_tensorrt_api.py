@@ -50,11 +50,19 @@ COMMON = {
     "num_io_tensors", "get_tensor_name", "get_tensor_mode", "get_tensor_shape", "get_tensor_dtype",
     "get_tensor_profile_shape", "create_execution_context",
     "set_input_shape", "set_tensor_address", "execute_async_v3",
+    # Checked in python/src/infer/pyCore.cpp at NVIDIA/TensorRT tags v10.3.0, v10.16 and v11.0:
+    # EngineInspector.execution_context (def_property; the inspector reads formats with it attached),
+    # IBuilderConfig.builder_optimization_level / default_device_type / DLA_core / set_flag,
+    # Builder.num_DLA_cores, DeviceType.DLA, BuilderFlag.GPU_FALLBACK, ICudaEngine.device_memory_size_v2.
+    "execution_context", "builder_optimization_level", "default_device_type", "DeviceType", "DLA", "DLA_core",
+    "set_flag", "BuilderFlag", "GPU_FALLBACK", "num_DLA_cores", "device_memory_size_v2",
 }
 # Used only under `if tensorrt_major(trt) < 11`: 11.x makes every network strongly typed and
 # deprecates the flag (still exported, ignored); see docs.nvidia.com/deeplearning/tensorrt/
 # 11.0.0/_static/python-api/infer/Core/Builder.html.
-ONLY_10 = {"NetworkDefinitionCreationFlag", "STRONGLY_TYPED"}
+ONLY_10 = {"NetworkDefinitionCreationFlag", "STRONGLY_TYPED",
+           # ICudaEngine.device_memory_size: bound in v10.3.0 and v10.16, gone in v11.0 (device_memory_size_v2 stays)
+           "device_memory_size"}
 # Used only in the 11.x branch (none: 11.x's create_network() needs no new name).
 ONLY_11: set[str] = set()
 # Names stored only as the tail of a longer string literal (the linker merges "Builder"
@@ -70,6 +78,7 @@ TAIL_MERGED = {
     "desc": "get_error_desc",
     "file": "parse_from_file",
     "shape": "get_shape",  # ITensor.shape: a tail in the 10.x modules, a string of its own in 11.4
+    "execution_context": "create_execution_context",  # EngineInspector.execution_context (pyCore.cpp, 10.3 to 11.x)
 }
 
 

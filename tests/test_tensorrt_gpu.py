@@ -78,7 +78,9 @@ def test_status_is_one_line():
         gpu = runtime().device_name()
         assert gpu.strip() and reason == f"TensorRT {tensorrt.__version__} on {gpu}", reason
     else:
-        assert any(key in reason for key in ("tensorrt not installed", "tensorrt cannot be imported", "no CUDA GPU", "libcudart not found")), reason
+        keys = ("tensorrt not installed", "tensorrt cannot be imported", "no CUDA GPU", "libcudart not found", "is too old", "cannot be read",
+                "could not create its Runtime")
+        assert any(key in reason for key in keys), reason
 
 
 def test_importing_the_backend_loads_neither_tensorrt_torch_nor_cuda():
@@ -272,10 +274,10 @@ def test_fp32_manifest_records_the_build(fp32_engine):
 
 @pytest.mark.tensorrt
 @needs_tensorrt
-def test_runner_refuses_a_plan_from_another_tensorrt_or_gpu(fp32_engine, tmp_path):
+def test_runner_refuses_a_plan_from_another_tensorrt_or_compute_capability(fp32_engine, tmp_path):
     plan, built = fp32_engine
     manifest = built.to_dict()
-    for field, fake in (("tensorrt_version", "9.9.9"), ("gpu_name", "Imaginary GPU 1000")):
+    for field, fake in (("tensorrt_version", "9.9.9"), ("compute_capability", "1.0")):
         copy = tmp_path / f"{field}.plan"
         shutil.copyfile(plan, copy)
         Manifest.from_dict({**manifest, field: fake}).write(sidecar_path(copy))
@@ -283,6 +285,52 @@ def test_runner_refuses_a_plan_from_another_tensorrt_or_gpu(fp32_engine, tmp_pat
             TensorRTRunner(copy)
         message = str(caught.value)
         assert fake in message and str(manifest[field]) in message and "\n" not in message
+
+
+@pytest.mark.tensorrt
+@needs_tensorrt
+def test_runner_runs_a_plan_from_another_gpu_name_of_the_same_compute_capability_with_a_warning(fp32_engine, images, tmp_path):
+    plan, built = fp32_engine
+    copy = tmp_path / "renamed.plan"
+    shutil.copyfile(plan, copy)
+    Manifest.from_dict({**built.to_dict(), "gpu_name": "Imaginary GPU 1000"}).write(sidecar_path(copy))
+    with TensorRTRunner(copy) as runner:
+        assert len(runner.warnings) == 1 and "Imaginary GPU 1000" in runner.warnings[0] and "\n" not in runner.warnings[0]
+        assert runner(images[:1]).shape == (1, 10)
+
+
+@pytest.mark.tensorrt
+@needs_tensorrt
+def test_runner_reports_its_facts_and_times_a_cuda_graph(fp32_engine, images):
+    plan, _ = fp32_engine
+    with open_runner(plan, "cuda", None, cuda_graph=True) as runner:
+        assert runner.plan_bytes == plan.stat().st_size and runner.deserialize_seconds > 0
+        assert runner.device_memory_bytes is not None and runner.device_memory_bytes >= 0
+        assert runner.warnings == []
+        timer = runner.device_timer(images[:3])
+        assert timer() > 0 and timer() > 0 and runner.last_gpu_ms > 0
+        expected = runner(images[:3])  # replaces the batch: the graph's timer refuses from now on
+        with pytest.raises(InputError, match="replaced the batch"):
+            timer()
+        timer = runner.device_timer(images[:3])  # a new capture for the new placement
+        assert timer() > 0
+        np.testing.assert_allclose(runner(images[:3]), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.tensorrt
+@needs_tensorrt
+def test_builder_options_are_used_and_recorded_and_the_inspector_sees_formats(onnx_fp32, tmp_path):
+    plan = tmp_path / "level1.plan"
+    manifest = _build(onnx_fp32, plan, "fp32", builder_optimization_level=1).to_dict()
+    assert manifest["builder_optimization_level"] == 1 and manifest["dla_core"] is None
+    # the inspector was read with a context at the opt shape: N/A would have failed the build
+    assert manifest["layers"]["precisions"].get("FP32", 0) > 0, manifest["layers"]
+    try:
+        dla = _build(onnx_fp32, tmp_path / "dla.plan", "fp32", dla_core=0)
+    except BackendUnavailable as exc:  # a discrete GPU: no DLA (Jetson AGX/NX only)
+        assert exc.exit_code == 3 and "no DLA" in str(exc) and not (tmp_path / "dla.plan").exists()
+    else:
+        assert dla.to_dict()["dla_core"] == 0
 
 
 @pytest.mark.tensorrt

@@ -121,7 +121,9 @@ def test_bench_json_plot_and_speedup(chain, tmp_path):
     for row in data["results"]:
         assert {"backend", "artifact", "precision", "batch_size", "latency_ms", "throughput", "iterations", "speedup_vs_torch"} <= set(row)
         assert set(row["latency_ms"]) == {"p50", "p90", "p99", "mean", "std"}
-        assert row["latency_ms"]["p50"] <= row["latency_ms"]["p90"] <= row["latency_ms"]["p99"]
+        assert row["latency_ms"]["p50"] <= row["latency_ms"]["p90"]
+        p99 = row["latency_ms"]["p99"]
+        assert (p99 is None) == (row["iterations"] < 200) and (p99 is None or row["latency_ms"]["p90"] <= p99)  # p99 from 200 samples or not at all
         assert row["iterations"] >= 3 and row["throughput"] > 0 and row["speedup_vs_torch"] > 0
         assert row["throughput"] == pytest.approx(row["batch_size"] * 1000 / row["latency_ms"]["p50"])
     assert plot.read_bytes()[:4] == b"\x89PNG"

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from dropcov_deploy.errors import InputError
-from dropcov_deploy.manifest import ONNX, TENSORRT_ENGINE, artifact_kind
+from dropcov_deploy.manifest import ONNX, TENSORRT_ENGINE, BatchRange, artifact_kind
 from dropcov_deploy.precision import Precision
 
 
@@ -80,7 +80,7 @@ class Target:
     int8_quantizer: str  # hook: (onnx_path, calibration, method, high_precision) -> (ModelProto, pinned nodes, record extras)
     fc_policy: str  # "fastest": measure CPU latency among the accurate; "smallest": int8 > weight-only > float
     status: str  # hook: () -> (available, one-line reason)
-    runner: str  # hook: (path, device, threads) -> Runner
+    runner: str  # hook: (path, device, threads, cuda_graph=False) -> Runner
     stage_artifact: str | None = None  # hook: (staged precision onnx, stage dir) -> manifest entry; published with it
     stage_artifact_key: str = ""  # the precision manifest's key for that entry
     stage_artifact_step: str = ""  # what the build's progress line says while it is written
@@ -146,10 +146,26 @@ def runner_target(path: Path) -> Target:
     return next(t for t in TARGETS.values() if t.runs == kind)
 
 
-def open_runner(path: Path, device: str = "cpu", threads: int | None = None) -> Runner:
-    """The runner for an artifact: ONNX Runtime for .onnx, TensorRT for engines."""
+def open_runner(path: Path, device: str = "cpu", threads: int | None = None, cuda_graph: bool = False) -> Runner:
+    """The runner for an artifact: ONNX Runtime for .onnx, TensorRT for engines. `cuda_graph`
+    (engines only) replays the timed enqueue from a captured CUDA graph."""
     path = Path(path)
-    return load_hook(runner_target(path).runner)(path, device, threads)
+    return load_hook(runner_target(path).runner)(path, device, threads, cuda_graph=cuda_graph)
+
+
+def run_batched(runner: Runner, inputs: Any, limits: BatchRange | None, preferred: int) -> Any:
+    """Logits for every input, run in batches the artifact accepts (`BatchRange.split`): an
+    engine built for 1:8:16 gets chunks of at most 16, a fixed batch of 4 gets padded fours."""
+    import numpy as np
+
+    limits = limits or BatchRange()
+    outputs = []
+    for start, stop, size in limits.split(len(inputs), preferred):
+        chunk = inputs[start:stop]
+        if size > len(chunk):
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - len(chunk), axis=0)])
+        outputs.append(runner(chunk)[: stop - start])
+    return np.concatenate(outputs)
 
 
 def preferred_target() -> tuple[Target, str]:

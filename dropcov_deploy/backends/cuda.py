@@ -10,6 +10,13 @@ but failed while it ran (out of memory, a launch error), not missing.
 
 Signatures follow cuda_runtime_api.h (CUDA 12 and 13); every function gets explicit
 argtypes so 64-bit pointers are never truncated to C ints.
+
+CUDA graphs (stream capture) are bound on first use (`_graph_api`), so a libcudart without
+them still serves everything else. The executable graph is made with
+cudaGraphInstantiateWithFlags(cudaGraphExec_t*, cudaGraph_t, unsigned long long flags):
+one signature in CUDA 11.4 to 13. cudaGraphInstantiate itself changed in CUDA 12 (11.x:
+pErrorNode, pLogBuffer, bufferSize; 12 and 13: unsigned long long flags), so calling it
+through ctypes would depend on which libcudart was found.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import os
 import sys
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from dropcov_deploy.errors import BackendFailed, BackendUnavailable
 
@@ -32,6 +40,9 @@ ATTR_COMPUTE_CAPABILITY_MINOR = 76
 # cudaError_t values worth naming in a message
 ERROR_INSUFFICIENT_DRIVER = 35
 ERROR_NO_DEVICE = 100
+ERROR_STREAM_CAPTURE_INVALIDATED = 901  # cudaErrorStreamCaptureInvalidated: the capture failed, no graph
+# cudaStreamCaptureMode: ThreadLocal (as trtexec captures): only this thread's unsafe calls break the capture
+STREAM_CAPTURE_MODE_THREAD_LOCAL = 1
 # sizeof(cudaDeviceProp) is about 1 KiB and grows between releases; only `char name[256]`
 # at offset 0 is read, so a generous buffer covers every version.
 DEVICE_PROP_BYTES = 16384
@@ -97,6 +108,30 @@ class CudaRuntime:
         props = getattr(self.lib, "cudaGetDeviceProperties_v2", None) or self.lib.cudaGetDeviceProperties
         props.restype, props.argtypes = ctypes.c_int, [ctypes.c_void_p, ctypes.c_int]
         self._get_device_properties = props
+        self._graph_functions: dict[str, Any] | None = None
+
+    def _graph_api(self, name: str) -> Any:
+        """A CUDA graph entry point, typed on first use; CudaError when this libcudart lacks graphs."""
+        if self._graph_functions is None:
+            void_pp = ctypes.POINTER(ctypes.c_void_p)
+            signatures = {
+                "cudaStreamBeginCapture": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int]),
+                "cudaStreamEndCapture": (ctypes.c_int, [ctypes.c_void_p, void_pp]),
+                "cudaGraphInstantiateWithFlags": (ctypes.c_int, [void_pp, ctypes.c_void_p, ctypes.c_ulonglong]),
+                "cudaGraphLaunch": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p]),
+                "cudaGraphExecDestroy": (ctypes.c_int, [ctypes.c_void_p]),
+                "cudaGraphDestroy": (ctypes.c_int, [ctypes.c_void_p]),
+                "cudaGetLastError": (ctypes.c_int, []),
+            }
+            functions: dict[str, Any] = {}
+            for symbol, (restype, argtypes) in signatures.items():
+                function = getattr(self.lib, symbol, None)
+                if function is None:
+                    raise CudaError(f"CUDA graphs unavailable: {Path(self.path).name} has no {symbol} (CUDA 11.4 or later needed)")
+                function.restype, function.argtypes = restype, argtypes
+                functions[symbol] = function
+            self._graph_functions = functions
+        return self._graph_functions[name]
 
     # -- errors and versions -------------------------------------------------------------
     def error_string(self, status: int) -> str:
@@ -186,6 +221,40 @@ class CudaRuntime:
         milliseconds = ctypes.c_float()
         self.check(self.lib.cudaEventElapsedTime(ctypes.byref(milliseconds), start, end), "cudaEventElapsedTime")
         return float(milliseconds.value)
+
+    # -- CUDA graphs ---------------------------------------------------------------------------
+    def stream_begin_capture(self, stream: int) -> None:
+        """Start recording `stream`'s work into a graph (thread-local mode, as trtexec)."""
+        begin = self._graph_api("cudaStreamBeginCapture")
+        self.check(begin(stream, STREAM_CAPTURE_MODE_THREAD_LOCAL), "cudaStreamBeginCapture")
+
+    def stream_end_capture(self, stream: int) -> int:
+        """Stop recording: the captured graph (cudaGraph_t), or 0 when the capture was invalidated
+        (something on the stream could not be captured; the stream is out of capture mode either way)."""
+        end = self._graph_api("cudaStreamEndCapture")
+        graph = ctypes.c_void_p()
+        status = end(stream, ctypes.byref(graph))
+        if status == ERROR_STREAM_CAPTURE_INVALIDATED:
+            self._graph_api("cudaGetLastError")()  # clear it, so the next call does not report it
+            return 0
+        self.check(status, "cudaStreamEndCapture")
+        return int(graph.value or 0)
+
+    def graph_instantiate(self, graph: int) -> int:
+        """An executable graph (cudaGraphExec_t) of `graph`, no flags."""
+        instantiate = self._graph_api("cudaGraphInstantiateWithFlags")
+        return self._new_handle(instantiate, "cudaGraphInstantiateWithFlags", graph, 0)
+
+    def graph_launch(self, graph_exec: int, stream: int) -> None:
+        self.check(self._graph_api("cudaGraphLaunch")(graph_exec, stream), "cudaGraphLaunch")
+
+    def graph_exec_destroy(self, graph_exec: int) -> None:
+        if graph_exec:
+            self._release(self._graph_api("cudaGraphExecDestroy"), graph_exec, "cudaGraphExecDestroy")
+
+    def graph_destroy(self, graph: int) -> None:
+        if graph:
+            self._release(self._graph_api("cudaGraphDestroy"), graph, "cudaGraphDestroy")
 
 
 def gpu_problem(status: int, count: int, driver: str, error_text: str, runtime_version: str) -> str | None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from dropcov_deploy.errors import InputError, first_line
+from dropcov_deploy.errors import BackendUnavailable, InputError, first_line
 
 PROVIDERS = {"cpu": ("CPUExecutionProvider",), "cuda": ("CUDAExecutionProvider", "CPUExecutionProvider")}
 
@@ -18,6 +18,7 @@ def create_session(path: Path, providers: Sequence[str] = PROVIDERS["cpu"], thre
     """An InferenceSession on the given providers, with a one-line error for a bad model."""
     import onnxruntime as ort
 
+    ort.set_default_logger_severity(4)  # a CUDA provider that cannot load logs multi-line errors before the session exists; we say it in one line
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if threads:
@@ -30,6 +31,19 @@ def create_session(path: Path, providers: Sequence[str] = PROVIDERS["cpu"], thre
         raise InputError(f"{path}: ONNX Runtime cannot load it ({first_line(exc)})") from None
 
 
+def provider_fallback(path: Path, requested: Sequence[str], active: Sequence[str]) -> str | None:
+    """Why a session asked for `requested` providers did not get the first one (ONNX Runtime falls
+    back to the CPU silently when CUDA cannot load), as one line; None when it got it."""
+    wanted = requested[0]
+    if wanted in active:
+        return None
+    device = wanted.replace("ExecutionProvider", "")
+    return (
+        f"{path}: ONNX Runtime could not use {device} here (session providers: {', '.join(active) or 'none'}); "
+        "install onnxruntime-gpu with a CUDA matching the driver, or use --device cpu"
+    )
+
+
 class OnnxRuntimeRunner:
     """Runs an ONNX model in ONNX Runtime: infer(dict of arrays) -> dict of arrays."""
 
@@ -39,6 +53,10 @@ class OnnxRuntimeRunner:
         self.path = Path(path)
         self.backend = f"onnxruntime-{device}"
         self._session = create_session(self.path, providers, threads)
+        problem = provider_fallback(self.path, providers, self._session.get_providers())
+        if problem:
+            self._session = None
+            raise BackendUnavailable(problem)
         self.input_names = [i.name for i in self._session.get_inputs()]
         self.output_names = [o.name for o in self._session.get_outputs()]
 
@@ -65,7 +83,10 @@ class OnnxRuntimeRunner:
         self.close()
 
 
-def open_runner(path: Path, device: str = "cpu", threads: int | None = None) -> OnnxRuntimeRunner:
+def open_runner(path: Path, device: str = "cpu", threads: int | None = None, cuda_graph: bool = False) -> OnnxRuntimeRunner:
+    """The Target hook. `cuda_graph` is TensorRT's option: an ONNX model refuses it rather than ignore it."""
+    if cuda_graph:
+        raise InputError(f"{path}: --cuda-graph applies to TensorRT engines, not to ONNX models")
     if device not in PROVIDERS:
         raise InputError(f"--device {device!r}: use {' or '.join(PROVIDERS)}")
     return OnnxRuntimeRunner(path, providers=PROVIDERS[device], threads=threads, device=device)

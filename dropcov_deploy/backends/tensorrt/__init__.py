@@ -1,12 +1,14 @@
 """TensorRT: build an engine from a precision-baked ONNX, prove its precision, run it.
 
 The one place TensorRT is used, in five modules:
-  availability  import_tensorrt, tensorrt_status, and whether a plan fits this machine
-  profile       BatchProfile and the optimization-profile / accepted-shape decisions
-  inspector     the engine inspector's JSON: layer precisions, the required-precision check
-  log           TensorRT's logger and the ONNX parser's errors as one line
+  availability  import_tensorrt (10.3 or later), tensorrt_status, Builder/Runtime creation, and
+                whether a plan fits this machine (plan_mismatch: error or warning)
+  profile       BatchProfile, the optimization-profile / accepted-shape decisions, builder options
+  inspector     the engine inspector's JSON: layer precisions (N/A refused), the required-precision check
+  log           the one process-wide TensorRT logger, its per-operation sinks (capture), and the
+                ONNX parser's errors as one line
   builder       build_engine: parse, profile, build, deserialize, check, save with its manifest
-  runner        TensorRTRunner (the Runner and DeviceTimed protocols) and open_runner
+  runner        TensorRTRunner (the Runner and DeviceTimed protocols, CUDA graphs) and open_runner
 `import tensorrt` happens inside functions only, so importing this package loads neither
 TensorRT, torch nor CUDA (the CLI's --help and machines without a GPU stay fast and working).
 
@@ -28,11 +30,11 @@ subclass's own attributes are ours).
 
 from __future__ import annotations
 
-from dropcov_deploy.backends.tensorrt.availability import import_tensorrt, plan_mismatch, tensorrt_major, tensorrt_status
+from dropcov_deploy.backends.tensorrt.availability import PlanFit, import_tensorrt, plan_mismatch, tensorrt_major, tensorrt_status, tensorrt_version_problem
 from dropcov_deploy.backends.tensorrt.builder import build_engine
 from dropcov_deploy.backends.tensorrt.errors import OnnxParseError, TensorRTBuildError, TensorRTError, TensorRTRunError
 from dropcov_deploy.backends.tensorrt.inspector import layer_precisions
-from dropcov_deploy.backends.tensorrt.profile import BatchProfile
+from dropcov_deploy.backends.tensorrt.profile import BatchProfile, check_builder_options
 from dropcov_deploy.backends.tensorrt.runner import BACKEND, TensorRTRunner, open_runner
 from dropcov_deploy.manifest import TENSORRT_ENGINE
 
@@ -43,15 +45,18 @@ __all__ = [
     "KIND",
     "BatchProfile",
     "OnnxParseError",
+    "PlanFit",
     "TensorRTBuildError",
     "TensorRTError",
     "TensorRTRunError",
     "TensorRTRunner",
     "build_engine",
+    "check_builder_options",
     "import_tensorrt",
     "layer_precisions",
     "open_runner",
     "plan_mismatch",
     "tensorrt_major",
     "tensorrt_status",
+    "tensorrt_version_problem",
 ]

@@ -3,6 +3,11 @@
 IEngineInspector.get_engine_information(JSON) lists layers with their input and output
 tensors. 10.x writes "Bindings" and a combined "Format/Datatype" string; 11.x writes
 "I/O Tensors" and separate "Format"/"Datatype" keys. Everything here reads plain JSON.
+
+For an engine with dynamic shapes the inspector writes "N/A due to dynamic shapes" in
+place of every tensor's format and type unless an execution context with all input
+shapes set is attached; such JSON says nothing about precision, so `layer_precisions`
+refuses it (TensorRTBuildError) instead of counting those tensors as UNKNOWN.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from dropcov_deploy.backends.tensorrt.errors import TensorRTBuildError
 from dropcov_deploy.precision import Precision
 
 # The precision a build must show in the inspector's layer list to count as that build.
@@ -97,10 +103,61 @@ def data_type_from_text(text: Any) -> str | None:
     return next((name for needle, name in _TYPE_SUBSTRINGS if needle in upper), None)
 
 
+# What the inspector writes instead of a format or type it could not resolve
+# ("N/A due to dynamic shapes" without an execution context).
+NOT_AVAILABLE = "N/A"
+_TENSOR_TYPE_KEYS = ("datatype", "format/datatype", "format")
+
+
+def _tensor_fields(entry: dict[str, Any]) -> dict[str, Any]:
+    """A layer tensor's keys normalised: "Format/Datatype", "Datatype", "DataType", "Format" -> lower case, no spaces."""
+    return {str(k).lower().replace(" ", ""): v for k, v in entry.items()}
+
+
+def unresolved_tensors(data: Any) -> list[str]:
+    """'layer / tensor: text' for every layer tensor whose format or type the inspector wrote as N/A."""
+    found = []
+    layers = data.get("Layers", []) if isinstance(data, dict) else []
+    for layer in layers if isinstance(layers, list) else []:
+        if not isinstance(layer, dict):
+            continue
+        for entry in (t for key in ("Inputs", "Outputs") for t in (layer.get(key) or []) if isinstance(t, dict)):
+            fields = _tensor_fields(entry)
+            texts = [str(fields[key]) for key in _TENSOR_TYPE_KEYS if isinstance(fields.get(key), str) and NOT_AVAILABLE in fields[key]]
+            if texts:
+                found.append(f"{layer.get('Name', '?')} / {entry.get('Name', '?')}: {texts[0]}")
+    return found
+
+
+def inspector_problem(engine_information: str | dict[str, Any]) -> str | None:
+    """Why this inspector output cannot tell layer precisions (one line), or None: not JSON, N/A as a
+    whole, or tensors whose format/type is N/A (no execution context with the input shapes attached)."""
+    if isinstance(engine_information, str):
+        if engine_information.strip().strip('"').startswith(NOT_AVAILABLE):
+            return f"the engine inspector returned {engine_information.strip()[:60]!r} instead of layer information"
+        try:
+            data = json.loads(engine_information)
+        except ValueError as exc:
+            return f"the engine inspector's output is not JSON ({exc})"
+    else:
+        data = engine_information
+    if not isinstance(data, dict):
+        return f"the engine inspector's output is not a JSON object ({str(data)[:60]!r})"
+    if not isinstance(data.get("Layers", []), list):
+        return f"the engine inspector's 'Layers' is not a list ({str(data.get('Layers'))[:60]!r})"
+    unresolved = unresolved_tensors(data)
+    if unresolved:
+        return (
+            f"the engine inspector reports {len(unresolved)} layer tensor(s) as N/A (first: {unresolved[0]}); it needs an "
+            "execution context with every input shape set to read formats and types"
+        )
+    return None
+
+
 def tensor_data_type(entry: dict[str, Any]) -> str | None:
     """A layer tensor's type: 11.x "Datatype"/"DataType", else 10.x "Format/Datatype", else "Format"."""
-    keyed = {str(k).lower().replace(" ", ""): v for k, v in entry.items()}
-    for key in ("datatype", "format/datatype", "format"):
+    keyed = _tensor_fields(entry)
+    for key in _TENSOR_TYPE_KEYS:
         found = data_type_from_text(keyed.get(key))
         if found:
             return found
@@ -115,10 +172,14 @@ def layer_precision(layer: Any) -> str:
     return next((name for name in _NARROWEST_FIRST if name in found), "UNKNOWN")
 
 
-def layer_precisions(engine_information: str | dict[str, Any]) -> dict[str, Any]:
-    """Count an engine's layers per compute precision from IEngineInspector JSON (10.x or 11.x)."""
+def layer_precisions(engine_information: str | dict[str, Any], source: str | Path = "engine inspector") -> dict[str, Any]:
+    """Count an engine's layers per compute precision from IEngineInspector JSON (10.x or 11.x).
+    TensorRTBuildError naming `source` when the JSON cannot tell (`inspector_problem`): N/A is never a precision."""
+    problem = inspector_problem(engine_information)
+    if problem:
+        raise TensorRTBuildError(f"{source}: {problem}")
     data = json.loads(engine_information) if isinstance(engine_information, str) else engine_information
-    layers = data.get("Layers", []) if isinstance(data, dict) else []
+    layers = data.get("Layers", [])
     counts = Counter(layer_precision(layer) for layer in layers)
     schema = "unknown"
     if isinstance(data, dict) and "I/O Tensors" in data:

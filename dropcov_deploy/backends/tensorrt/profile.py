@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dropcov_deploy.errors import InputError
+from dropcov_deploy.errors import BackendUnavailable, InputError
 
 Shape = list[int]
 
@@ -113,6 +113,16 @@ def engine_range(engine, name: str) -> tuple[Shape, Shape, Shape]:
     return accepted_range(engine.get_tensor_shape(name), profile)
 
 
+def inspection_shapes(io: Sequence[Mapping[str, Any]]) -> dict[str, Shape]:
+    """The input shapes to set on the execution context the engine inspector reads: each dynamic
+    input (a -1 in its shape) at its profile's opt shape (`io_tensors` records); fixed inputs need none."""
+    shapes: dict[str, Shape] = {}
+    for record in io:
+        if record.get("mode") == "input" and any(d < 0 for d in shape(record["shape"])):
+            shapes[str(record["name"])] = shape(record["profile"]["opt"])
+    return shapes
+
+
 def io_tensors(trt, engine) -> list[dict[str, Any]]:
     """Name, mode, shape (-1 = dynamic), dtype and profile 0's min/opt/max of every I/O tensor."""
     tensors = []
@@ -136,3 +146,28 @@ def check_workspace(workspace_gib: float | None) -> None:
     """The builder's workspace limit, when given, must be a positive number of GiB."""
     if workspace_gib is not None and not workspace_gib > 0:
         raise InputError(f"workspace {workspace_gib} GiB: must be positive")
+
+
+MAX_BUILDER_OPTIMIZATION_LEVEL = 5  # IBuilderConfig.builder_optimization_level: 0..5, default 3
+
+
+def check_builder_options(builder_optimization_level: int | None, dla_core: int | None) -> None:
+    """The builder's optimization level (0..5; TensorRT's default is 3) and DLA core (>= 0), when given;
+    InputError otherwise, before any build starts. Whether the DLA core exists is `check_dla_core`'s job."""
+    for name, value in (("builder optimization level", builder_optimization_level), ("DLA core", dla_core)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise InputError(f"{name} {value!r}: must be an integer")
+    if builder_optimization_level is not None and not 0 <= builder_optimization_level <= MAX_BUILDER_OPTIMIZATION_LEVEL:
+        raise InputError(f"builder optimization level {builder_optimization_level}: must be 0 to {MAX_BUILDER_OPTIMIZATION_LEVEL} (TensorRT's default is 3)")
+    if dla_core is not None and dla_core < 0:
+        raise InputError(f"DLA core {dla_core}: must be 0 or more")
+
+
+def check_dla_core(dla_core: int, available: int) -> None:
+    """DLA core `dla_core` on a builder that reports `available` (Builder.num_DLA_cores) cores:
+    BackendUnavailable (exit 3) when this machine has no DLA (only Jetson AGX/NX Xavier and Orin
+    have one), InputError (exit 2) for a core number it does not have."""
+    if available <= 0:
+        raise BackendUnavailable(f"DLA core {dla_core}: this GPU has no DLA (TensorRT reports 0 DLA cores; DLA exists on Jetson AGX/NX only)")
+    if dla_core >= available:
+        raise InputError(f"DLA core {dla_core}: this machine has {available} DLA core(s), numbered 0 to {available - 1}")
