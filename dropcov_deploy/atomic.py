@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -27,6 +27,19 @@ def check_writable(path: Path) -> Path:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"{path}: cannot write: folder {parent} is not writable")
     return path
+
+
+def spare_inputs(outputs: Iterable[Path | str | None], inputs: Iterable[Path | str | None]) -> None:
+    """Refuse, before any work, an output that would replace one of the command's inputs (or an
+    input's manifest sidecar): a user's files are never lost to a mistyped --out or --report."""
+    protected: dict[Path, str] = {}
+    for item in inputs:
+        if item is not None:
+            protected.setdefault(Path(f"{item}.json").resolve(), f"the manifest of the input {item}")
+            protected[Path(item).resolve()] = f"the input {item}"
+    for out in outputs:
+        if out is not None and Path(out).resolve() in protected:
+            raise InputError(f"{out}: would overwrite {protected[Path(out).resolve()]}; write the output elsewhere")
 
 
 @contextmanager

@@ -13,7 +13,6 @@ hash and every option, so a rebuild reuses it instead of recalibrating.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -24,15 +23,17 @@ from pathlib import Path
 from typing import Any
 
 from dropcov_deploy import __version__, onnx_io
-from dropcov_deploy.atomic import check_writable, staged
+from dropcov_deploy.atomic import check_writable, spare_inputs, staged
 from dropcov_deploy.backends import TARGETS, Target, get_target, load_hook
+from dropcov_deploy.build_cache import PrecisionCache
+from dropcov_deploy.engine import plan_path_for
 from dropcov_deploy.errors import InputError
-from dropcov_deploy.manifest import Manifest, library_versions, now_utc, sha256_file, sidecar_path, write_json_file
+from dropcov_deploy.manifest import Manifest, library_versions, now_utc, sha256_file, sidecar_path
 from dropcov_deploy.precision import Precision, PrecisionRequest, graph_builder
 from dropcov_deploy.precision.fc_choice import FC_CHOICES
 from dropcov_deploy.steps import StepReporter, quiet_step
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"  # 2: entries carry their ONNX hash (build_cache)
 HIGH_PRECISIONS = ("fp16", "fp32")
 # every method some target's quantizer takes, in the rows' order (entropy, max, percentile)
 CALIBRATION_METHODS = tuple(dict.fromkeys(m for target in TARGETS.values() for m in target.calibration_methods))
@@ -183,6 +184,9 @@ def build(model: str | Path, options: BuildOptions, step: StepReporter = quiet_s
         return _engine_only(model, source, options, step, log)
     precision, target = _validate(options)
     out = Path(options.out) if options.out else default_output(model, precision, target)
+    stem = out.name[: -len(".onnx")] if out.name.endswith(".onnx") else out.name
+    written = [out, sidecar_path(out), out.with_name(f"{stem}.ort.onnx"), plan_path_for(out), sidecar_path(plan_path_for(out))]
+    spare_inputs(written, [model, options.calib])
     check_writable(out)
     source_sha = sha256_file(model)
     if target.device_artifact is not None:
@@ -201,8 +205,9 @@ def build(model: str | Path, options: BuildOptions, step: StepReporter = quiet_s
 
     cache_dir = Path(options.cache_dir) if options.cache_dir else default_cache_dir()
     key = _cache_key(source_sha, calibration.sha256 if calibration else None, precision, target, options)
-    cached_onnx, cached_record = cache_dir / f"{key}.onnx", cache_dir / f"{key}.json"
-    cached = cached_onnx.exists() and cached_record.exists()
+    cache = PrecisionCache(cache_dir, log)
+    hit = cache.lookup(key)
+    cached = hit is not None
 
     manifest = source.for_precision(
         artifact=out.name,
@@ -225,10 +230,10 @@ def build(model: str | Path, options: BuildOptions, step: StepReporter = quiet_s
     ort_optimized = None
     with staged(out) as stage:
         staged_onnx = stage / out.name
-        if cached:
+        if hit is not None:
             with step(f"reusing cached {precision} graph (no recalibration)"):
-                shutil.copyfile(cached_onnx, staged_onnx)
-                record = json.loads(cached_record.read_text())
+                shutil.copyfile(hit[0], staged_onnx)
+                record = hit[1]
         else:
             work = stage / ".work"
             work.mkdir()
@@ -254,9 +259,7 @@ def build(model: str | Path, options: BuildOptions, step: StepReporter = quiet_s
         manifest.extra["precision_details"] = record
         manifest.sha256 = sha256_file(staged_onnx)
         if not cached:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(staged_onnx, cached_onnx)
-            write_json_file(cached_record, {k: v for k, v in record.items() if k != "check"})
+            cache.store(key, staged_onnx, {k: v for k, v in record.items() if k != "check"})
         if target.stage_artifact is not None:
             with step(target.stage_artifact_step):
                 entry = load_hook(target.stage_artifact)(staged_onnx, stage)

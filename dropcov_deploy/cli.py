@@ -325,6 +325,9 @@ def bench_command(
         sizes = [int(s) for s in batch_sizes.split(",") if s.strip()]
     except ValueError:
         raise typer.BadParameter(f"--batch-sizes takes integers like 1,8,32, got {batch_sizes!r}") from None
+    from dropcov_deploy.atomic import spare_inputs
+
+    spare_inputs([report, plot], [*artifacts, checkpoint])
     if plot:
         import importlib.util
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from dropcov_deploy import manifest as manifests
 from dropcov_deploy import onnx_io
-from dropcov_deploy.atomic import check_writable, staged
+from dropcov_deploy.atomic import check_writable, spare_inputs, staged
 from dropcov_deploy.errors import InputError
 from dropcov_deploy.metrics import relative_error
 from dropcov_deploy.steps import StepReporter, quiet_step
@@ -152,7 +152,9 @@ def check_parity(model, onnx_path: Path, image_size: int, batch_sizes: list[int]
         images = rng.standard_normal((size, 3, image_size, image_size), dtype=np.float32)
         with torch.no_grad():
             expected = model(torch.from_numpy(images)).numpy()
-        worst = max(worst, relative_error(runner(images), expected))
+        actual = runner(images)
+        error = relative_error(actual, expected) if np.isfinite(actual).all() and np.isfinite(expected).all() else float("inf")
+        worst = max(worst, error)  # inf, never NaN: max() would drop a NaN
     return ParityResult(passed=worst <= tolerance, max_relative_error=worst, tolerance=tolerance, batch_sizes=batch_sizes)
 
 
@@ -229,6 +231,7 @@ def export_onnx(
     if opset not in SUPPORTED_OPSETS:
         raise InputError(f"--opset {opset} is not supported; use {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}")
     fixed_batch = parse_batch(batch)
+    spare_inputs([out, manifests.sidecar_path(out)], [checkpoint])
     check_writable(out)
 
     with step(f"loading {checkpoint}"):

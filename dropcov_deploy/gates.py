@@ -9,6 +9,7 @@ a model family may override them: the xcov family's INT8 may lose 1 pt, see
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,22 @@ DEFAULT_GATES: dict[str, dict[str, dict[str, float]]] = {
     "fp16": {"nonfinite": {"max": 0}, "top1_agreement": {"min": 0.995}, "cosine_min": {"min": 0.999}, "accuracy_drop": {"max": 0.001}},
     "int8": {"nonfinite": {"max": 0}, "top1_agreement": {"min": 0.97}, "accuracy_drop": {"max": 0.005}},
 }
+
+
+# What `metrics.compare` reports and a gate may bound.
+METRICS = (
+    "max_abs_error",
+    "mean_abs_error",
+    "relative_error",
+    "cosine_mean",
+    "cosine_min",
+    "top1_agreement",
+    "top5_agreement",
+    "nonfinite",
+    "accuracy",
+    "reference_accuracy",
+    "accuracy_drop",
+)
 
 
 def family_overrides(family: str | None) -> dict[str, dict[str, dict[str, float]]]:
@@ -49,11 +66,20 @@ def read_overrides(path: Path | None) -> dict[str, dict[str, dict[str, float]]]:
     raw = read_json_object(path, "gates file (an object keyed by precision: fp32, fp16, int8)")
     overrides: dict[str, dict[str, dict[str, float]]] = {}
     for precision, metrics in raw.items():
-        if precision not in DEFAULT_GATES or not isinstance(metrics, dict):
+        if precision not in DEFAULT_GATES:
             raise InputError(f"{path}: unknown precision {precision!r}; use fp32, fp16 or int8")
+        if not isinstance(metrics, dict):
+            raise InputError(f'{path}: {precision} must map metrics to bounds, e.g. {{"top1_agreement": {{"min": 0.99}}}}; got {json.dumps(metrics)[:40]}')
         for metric, bound in metrics.items():
+            if metric not in METRICS:
+                raise InputError(f"{path}: {precision}.{metric} is not a metric verify computes; use one of {', '.join(METRICS)}")
             if not isinstance(bound, dict) or not set(bound) <= {"min", "max"} or not bound:
                 raise InputError(f'{path}: {precision}.{metric} must be {{"min": x}} and/or {{"max": y}}')
+            for side, value in bound.items():
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) == float("inf"):
+                    raise InputError(f"{path}: {precision}.{metric}.{side} must be a finite number, got {json.dumps(value)}")
+            if "min" in bound and "max" in bound and bound["min"] > bound["max"]:
+                raise InputError(f"{path}: {precision}.{metric}: min {bound['min']} > max {bound['max']}, no value could pass")
             overrides.setdefault(precision, {})[metric] = {k: float(v) for k, v in bound.items()}
     return overrides
 

@@ -23,8 +23,9 @@ def compare(logits: np.ndarray, reference: np.ndarray, labels: np.ndarray | None
     """
     logits = np.asarray(logits, dtype=np.float64)
     reference = np.asarray(reference, dtype=np.float64)
-    finite = np.isfinite(logits)
+    finite = np.isfinite(logits) & np.isfinite(reference)  # a NaN on either side is counted, never compared away
     safe = np.where(finite, logits, 0.0)
+    reference = np.where(finite, reference, 0.0)
     diff = np.abs(safe - reference)
     norms = np.linalg.norm(safe, axis=1) * np.linalg.norm(reference, axis=1)
     cosine = np.where(norms > 0, (safe * reference).sum(axis=1) / np.maximum(norms, 1e-300), 1.0)

@@ -161,6 +161,8 @@ def load_reference(path: Path, data: Path | None = None) -> Reference:
         raise InputError(f"{path}: unknown inputs_stored {stored!r}")
     if data is not None and stored != "files":
         raise InputError(f"--data {data}: the reference {path} holds its inputs; give --data only for a reference that lists image files")
+    if not np.isfinite(logits).all() or not np.isfinite(inputs).all():
+        raise InputError(f"{path}: holds NaN or Inf in its {'logits' if not np.isfinite(logits).all() else 'inputs'}; a reference must be finite")
     return Reference(inputs=inputs, logits=logits, labels=labels, meta=meta, path=path, files=meta.get("files") or [])
 
 

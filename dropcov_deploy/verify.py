@@ -19,6 +19,7 @@ import numpy as np
 
 from dropcov_deploy import gates as gate_rules
 from dropcov_deploy import head_graph, onnx_io
+from dropcov_deploy.atomic import spare_inputs
 from dropcov_deploy.backends import open_runner, run_batched
 from dropcov_deploy.errors import InputError
 from dropcov_deploy.manifest import ONNX, TENSORRT_ENGINE, Manifest, artifact_kind, library_versions, sha256_file
@@ -134,6 +135,10 @@ def torch_reference(
     batch, labels, described, image_paths = _inputs(data, random, info.class_names, prep, prep.crop)
     with step(f"PyTorch reference on {described}"), torch.no_grad():
         logits = np.concatenate([loaded.model(torch.from_numpy(batch[i : i + batch_size])).numpy() for i in range(0, len(batch), batch_size)])
+    if not np.isfinite(logits).all():
+        raise InputError(
+            f"{checkpoint}: PyTorch gives NaN or Inf on {int((~np.isfinite(logits)).any(axis=1).sum())} of {described}; no reference to compare against"
+        )
     meta: dict[str, Any] = {
         "format": REFERENCE_FORMAT,
         "checkpoint": {"path": str(checkpoint), "sha256": info.sha256},
@@ -153,20 +158,6 @@ def torch_reference(
         meta["accuracy"] = float((logits.argmax(1) == labels).mean())
     files = image_files_record(image_paths, Path(data)) if data is not None else []
     return Reference(inputs=batch, logits=logits, labels=labels, meta=meta, model=loaded.model, files=files)
-
-
-def _outputs_may_not_replace(outputs: Sequence[Path | None], inputs: Sequence[Path | None]) -> None:
-    """No output of verify may overwrite one of its inputs (an artifact, its manifest, the checkpoint, the reference)."""
-    from dropcov_deploy.manifest import sidecar_path
-
-    protected = {}
-    for item in inputs:
-        if item is not None:
-            for candidate in (Path(item), sidecar_path(Path(item))):
-                protected[candidate.resolve()] = item
-    for out in outputs:
-        if out is not None and Path(out).resolve() in protected:
-            raise InputError(f"{out}: is one of verify's inputs ({protected[Path(out).resolve()]}); write the output elsewhere")
 
 
 def verify(
@@ -202,10 +193,12 @@ def verify(
     if batch_size < 1:
         raise InputError(f"--batch-size {batch_size}: must be positive")
     paths = [Path(a) for a in artifacts]
-    _outputs_may_not_replace([save_reference, *outputs], [*paths, Path(checkpoint) if checkpoint is not None else None, reference, gates_file, data])
+    spare_inputs([save_reference, *outputs], [*paths, Path(checkpoint) if checkpoint is not None else None, reference, gates_file, data])
     if save_reference is not None:
         from dropcov_deploy.atomic import check_writable
 
+        if Path(save_reference).suffix != ".npz":
+            raise InputError(f"--save-reference {save_reference}: a reference file must end in .npz")
         check_writable(Path(save_reference))
     overrides = gate_rules.read_overrides(gates_file)  # a bad gates file fails before the slow work
     for path in paths:

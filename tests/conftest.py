@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from reference import authors_state_dict  # noqa: E402
 
 # Fixtures that train a model: a test using one (directly or through another fixture) is slow.
-TRAINING_FIXTURES = {"trained_digits", "trained_vit"}
+TRAINING_FIXTURES = {"trained_digits", "trained_vit", "demo_run"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -44,19 +44,35 @@ def authors_checkpoint(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def trained_digits(tmp_path_factory):
-    """A real trained compact model (digits, 10 epochs, ~45 s on 2 cores) and its FP32 export.
+def demo_run(tmp_path_factory):
+    """`dropcov-deploy demo` run once (train 10 epochs on digits, export, build, verify, bench, report):
+    the demo test reads what it wrote, and `trained_digits` reuses its trained model (one training
+    run for both, the same TrainConfig)."""
+    from cli_helpers import run_cli
+
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    return out, run_cli("demo", "--out", out)
+
+
+@pytest.fixture(scope="session")
+def trained_digits(demo_run, tmp_path_factory):
+    """A real trained compact model (digits, 10 epochs: the demo's) and its FP32 export, copied
+    out of the demo's folder so no test can change what the demo test reads.
 
     Shared by the build, verify and bench tests: random weights would make top-1 agreement
     and accuracy meaningless.
     """
-    from dropcov_deploy.export import export_onnx
-    from dropcov_deploy.train import TrainConfig, train
+    import shutil
 
+    from dropcov_deploy.models import load_checkpoint_with_info
+
+    demo, _ = demo_run
     folder = tmp_path_factory.mktemp("trained")
-    result = train(TrainConfig(arch="resnet10_compact_ACD", dataset="digits", epochs=10, out=folder / "model.pt"))
-    assert result.best_accuracy >= 0.95
-    return result.best_path, export_onnx(result.best_path, folder / "model.onnx").path
+    for name in ("model.pt", "model.onnx", "model.onnx.json"):
+        assert (demo / name).exists(), f"the demo wrote no {name}"
+        shutil.copyfile(demo / name, folder / name)
+    assert load_checkpoint_with_info(folder / "model.pt").info.accuracy >= 0.95
+    return folder / "model.pt", folder / "model.onnx"
 
 
 REPO = Path(__file__).resolve().parents[1]

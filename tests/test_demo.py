@@ -3,14 +3,13 @@
 import json
 
 import pytest
-from cli_helpers import EXTRA_MODULES, run_cli, run_cli_without
+from cli_helpers import EXTRA_MODULES, run_cli_without
 
 
 @pytest.mark.slow
 @pytest.mark.xfail(reason="pre-existing at 59dd9cc on this Intel Xeon CI machine (fails identically on an untouched clone): the seeded digits model trains differently here than on the AMD EPYC of the last green CI; the demo's FP16 artifact fails the 0.1 pt accuracy-drop gate by one prediction in 300; the statistics-aware gates of issue 14 are the fix", strict=False)
-def test_demo_trains_exports_builds_verifies_benches_and_reports(tmp_path):
-    out = tmp_path / "demo"
-    result = run_cli("demo", "--out", out)
+def test_demo_trains_exports_builds_verifies_benches_and_reports(demo_run):
+    out, result = demo_run
     assert result.returncode in (0, 1), result.stderr[-3000:]  # 1: a gate failed; checked last, after what it wrote
     for name in ["model.pt", "model-last.pt", "model.onnx", "model.onnx.json", "model.fp16.cpu.onnx", "model.int8.cpu.onnx",
                  "report.md", "training.png", "bench.png", "verify.json", "bench.json", "reference.npz"]:

@@ -230,8 +230,8 @@ def test_bad_reference_files_and_options(saved_reference, seeded_chain, tmp_path
     assert_one_line_error(run_cli("verify", "--reference", tmp_path / "none.npz", fp32), 2, "none.npz")
     assert_one_line_error(run_cli("verify", "--reference", ref, "-c", seeded_chain["checkpoint"], fp32), 2, "exactly one of --checkpoint")
     assert_one_line_error(run_cli("verify", "--reference", ref, fp32, "--save-reference", tmp_path / "x.npz"), 2, "--save-reference needs --checkpoint")
-    assert_one_line_error(run_cli("verify", "--reference", ref, fp32, "--report", ref), 2, "is one of verify's inputs")
-    assert_one_line_error(run_cli("verify", "--reference", ref, fp32, "--report", sidecar_path(fp32)), 2, "is one of verify's inputs")
+    assert_one_line_error(run_cli("verify", "--reference", ref, fp32, "--report", ref), 2, "would overwrite the input")
+    assert_one_line_error(run_cli("verify", "--reference", ref, fp32, "--report", sidecar_path(fp32)), 2, "would overwrite the manifest of the input")
     assert_one_line_error(run_cli("verify", "--reference", ref, fp32, "--data", tmp_path), 2, "holds its inputs")
 
 

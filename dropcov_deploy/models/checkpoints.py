@@ -174,6 +174,11 @@ def _as_float(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
+def nonfinite_tensors(state: dict[str, Any]) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an Inf (a diverged or damaged model)."""
+    return [name for name, tensor in state.items() if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+
+
 def load_checkpoint_with_info(path: str | os.PathLike[str], arch: str | None = None) -> LoadedCheckpoint:
     """Load any supported checkpoint into a model in eval mode, with what it records.
 
@@ -188,6 +193,11 @@ def load_checkpoint_with_info(path: str | os.PathLike[str], arch: str | None = N
     non_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if non_tensors:
         raise CheckpointError(f"{path}: state_dict entries that are not tensors: {', '.join(non_tensors[:_MAX_LISTED_KEYS])}")
+    broken = nonfinite_tensors(state)
+    if broken:
+        raise CheckpointError(
+            f"{path}: NaN or Inf in {len(broken)} tensor(s): {', '.join(broken[:_MAX_LISTED_KEYS])}; a model with them is never exported or used as a reference"
+        )
     sizes = _head_sizes(state, path)
     dim, num_classes = sizes.dim, sizes.num_classes
     stored_size = int(meta["input_size"]) if isinstance(meta.get("input_size"), int) else None

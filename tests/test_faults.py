@@ -1,0 +1,135 @@
+"""Faults a hostile or careless user causes: nothing lost, nothing silently wrong.
+
+Each class of fault ends in one `error:` line with its documented exit code, and the user's
+files exactly as they were.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from cli_helpers import assert_one_line_error, run_cli
+
+from dropcov_deploy.manifest import sidecar_path
+
+
+def _digest(paths) -> dict:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in paths if p.exists()}
+
+
+# ------------------------------------------------------------------ inputs are sacred
+
+
+def test_no_output_replaces_an_input(seeded_chain, calibration_dir, tmp_path):
+    """Every command's outputs (model, manifest, report, JUnit, plot, reference) are checked
+    against its inputs and their manifests before any work; the inputs stay byte for byte."""
+    checkpoint, fp32, int8 = seeded_chain["checkpoint"], seeded_chain["fp32"], seeded_chain["int8"]
+    inputs = [checkpoint, fp32, sidecar_path(fp32), int8, sidecar_path(int8)]
+    before = _digest(inputs)
+    cases = [
+        (("export", "-c", checkpoint, "--out", checkpoint), str(checkpoint)),
+        (("build", fp32, "--precision", "int8", "--calib", calibration_dir, "--out", fp32), "would overwrite the input"),
+        (("build", fp32, "--precision", "int8", "--calib", calibration_dir, "--out", sidecar_path(fp32)), "manifest of the input"),
+        (("verify", "-c", checkpoint, fp32, "--random", "2", "--report", checkpoint), "would overwrite the input"),
+        (("verify", "-c", checkpoint, fp32, "--random", "2", "--junit", sidecar_path(fp32)), "manifest of the input"),
+        (("verify", "-c", checkpoint, fp32, "--random", "2", "--save-reference", checkpoint), "would overwrite the input"),
+        (("bench", fp32, int8, "--batch-sizes", "1", "--max-time", "0.1", "--report", int8), "would overwrite the input"),
+        (("bench", fp32, "--batch-sizes", "1", "--max-time", "0.1", "--plot", fp32), "would overwrite the input"),
+        (("engine", fp32, "--out", fp32), "would overwrite"),
+    ]
+    for args, fragment in cases:
+        assert_one_line_error(run_cli(*args), 2, fragment)
+    assert _digest(inputs) == before
+
+
+# ------------------------------------------------------------------ gate files mean what they say
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        ('{"fp32": 5}', "fp32 must map metrics to bounds"),
+        ('{"fp64": {}}', "unknown precision 'fp64'"),
+        ('{"int8": {"top1_agrement": {"min": 0.9}}}', "top1_agrement is not a metric verify computes"),
+        ('{"int8": {"top1_agreement": {"min": "0.9"}}}', 'top1_agreement.min must be a finite number, got "0.9"'),
+        ('{"int8": {"top1_agreement": {"min": null}}}', "got null"),
+        ('{"int8": {"top1_agreement": {"min": NaN}}}', "got NaN"),
+        ('{"int8": {"top1_agreement": {"min": 0.9, "max": 0.5}}}', "no value could pass"),
+        ('{"int8": {"top1_agreement": {"at_least": 0.9}}}', 'must be {"min": x}'),
+        ("[1, 2]", "gates file"),
+    ],
+)
+def test_gate_files_are_validated(tmp_path, content, fragment):
+    from dropcov_deploy.errors import InputError
+    from dropcov_deploy.gates import read_overrides
+
+    gates = tmp_path / "gates.json"
+    gates.write_text(content)
+    with pytest.raises(InputError, match=None) as raised:
+        read_overrides(gates)
+    assert fragment in str(raised.value) and str(gates) in str(raised.value)
+
+
+# ------------------------------------------------------------------ NaN never passes
+
+
+def test_nan_weights_are_refused_on_load(seeded_digits, tmp_path):
+    """A checkpoint with a NaN weight used to export with "parity 0.0e+00, passed"; now no
+    command loads it, and an existing export at --out stays as it was."""
+    import torch
+
+    checkpoint, fp32 = seeded_digits
+    data = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = data["state_dict"] if "state_dict" in data else data
+    name = next(k for k, v in state.items() if v.is_floating_point() and v.ndim == 4)
+    state[name].view(-1)[3] = float("nan")
+    broken = tmp_path / "nan.pt"
+    torch.save(data, broken)
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"a previous good export")
+    assert_one_line_error(run_cli("export", "-c", broken, "--out", out), 2, "nan.pt", "NaN or Inf", name)
+    assert out.read_bytes() == b"a previous good export"
+    assert_one_line_error(run_cli("verify", "-c", broken, fp32, "--random", "2"), 2, "NaN or Inf")
+
+
+def test_a_nan_on_either_side_is_counted_and_fails_every_precision():
+    import numpy as np
+
+    from dropcov_deploy.gates import DEFAULT_GATES, evaluate
+    from dropcov_deploy.metrics import compare
+
+    good = np.eye(4, dtype=np.float32) * 5 + 1
+    for artifact, reference in ((np.where(np.eye(4) > 0, np.nan, good), good), (good, np.where(np.eye(4) > 0, np.inf, good))):
+        metrics = compare(artifact, reference, labels=np.arange(4))
+        assert metrics["nonfinite"] == 4
+        for precision, gates in DEFAULT_GATES.items():
+            assert not all(g["passed"] is not False for g in evaluate(metrics, gates).values()), precision
+
+
+# ------------------------------------------------------------------ a cache that heals
+
+
+def test_a_damaged_cache_entry_is_discarded_and_rebuilt(seeded_digits, calibration_dir, tmp_path):
+    """A cache entry truncated by a kill or a full disk used to make every later build of the same
+    inputs fail; now it is checked against its hash, discarded in one line, and rebuilt."""
+    from dropcov_deploy.build import BuildOptions, build
+
+    _, fp32 = seeded_digits
+    cache = tmp_path / "cache"
+    options = BuildOptions(precision="int8", calib=calibration_dir, calib_size=8, cache_dir=cache, out=tmp_path / "a.int8.cpu.onnx")
+    first = build(fp32, options)
+    assert not first.cached
+    entry = next(cache.glob("*.onnx"))
+    entry.write_bytes(entry.read_bytes()[:1000])  # truncated
+    said: list[str] = []
+    options.out = tmp_path / "b.int8.cpu.onnx"
+    second = build(fp32, options, log=said.append)
+    assert not second.cached and any("discarded" in line and entry.stem in line for line in said), said
+    assert second.precision_onnx.exists() and second.manifest.precision == first.manifest.precision
+    options.out = tmp_path / "c.int8.cpu.onnx"
+    assert build(fp32, options).cached  # healed: the next build reuses it
+    (cache / f"{entry.stem}.json").write_text("{not json")
+    options.out = tmp_path / "d.int8.cpu.onnx"
+    assert not build(fp32, options, log=said.append).cached
+    assert not list(cache.glob(".*partial"))
