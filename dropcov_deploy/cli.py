@@ -395,13 +395,13 @@ def exit_code_for(exc: BaseException) -> int:
     """How main maps an exception: a DropCovError to one line and its exit code, an interrupt
     to 130, a module an extra installs to the pip line and 3, anything else (a bug) to its
     traceback and 70, never 1 (which means "a gate failed")."""
-    exc = missing_extra(exc) or exc
+    exc = missing_extra(exc) or usage_error(exc) or exc
     if isinstance(exc, DropCovError):
         from dropcov_deploy.console import fail
 
         fail(str(exc))
         return exc.exit_code
-    if isinstance(exc, KeyboardInterrupt):
+    if isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "Abort":  # Click's Abort: Ctrl-C at a prompt
         return EXIT_INTERRUPTED
     import traceback
 
@@ -410,11 +410,36 @@ def exit_code_for(exc: BaseException) -> int:
     return EXIT_INTERNAL_ERROR
 
 
-def main() -> None:
-    """Console-script entry point: user errors become one line and an exit code."""
+def usage_error(exc: BaseException) -> DropCovError | None:
+    """Click's usage errors (an unknown option, a bad value, a missing argument) as our one
+    `error:` line with exit 2, instead of Typer's usage box; Click's Abort (Ctrl-C at a prompt) is an interrupt."""
     try:
-        app()
+        from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+    except ImportError:  # Typer releases that use click itself
+        from click.exceptions import ClickException, UsageError  # type: ignore[no-redef]
+
+        NoArgsIsHelpError = ()  # type: ignore[assignment,misc]
+    if not isinstance(exc, ClickException):
+        return None
+    from dropcov_deploy.errors import InputError
+
+    if isinstance(exc, NoArgsIsHelpError):  # a bare `dropcov-deploy` or `dropcov-deploy predict`: the help, then exit 2
+        typer.echo(exc.format_message(), err=True)
+        return InputError(f"{exc.ctx.command_path if exc.ctx else 'dropcov-deploy'}: give a command and its arguments (the help is above)")
+
+    where = ""
+    if isinstance(exc, UsageError) and exc.ctx is not None:
+        where = f"{exc.ctx.command_path}: "
+    hint = f" (see {exc.ctx.command_path} --help)" if isinstance(exc, UsageError) and exc.ctx is not None else ""
+    return InputError(f"{where}{exc.format_message()}{hint}")
+
+
+def main() -> None:
+    """Console-script entry point: user errors (usage errors too) become one line and an exit code."""
+    try:
+        code = app(standalone_mode=False)
     except BaseException as exc:  # noqa: BLE001 - SystemExit passes through below
         if isinstance(exc, SystemExit):
             raise
         sys.exit(exit_code_for(exc))
+    sys.exit(code if isinstance(code, int) else 0)

@@ -61,11 +61,16 @@ def run_cli(*args, cwd: Path | None = None, timeout: float = 600, env: dict | No
     try:
         if cwd is not None:
             os.chdir(cwd)
-        result = CliRunner().invoke(app, argv, env={k: None if v is None else str(v) for k, v in (env or {}).items()}, prog_name=PROG_NAME)
+        # standalone_mode=False, as main() runs it: usage errors reach exit_code_for too
+        result = CliRunner().invoke(
+            app, argv, env={k: None if v is None else str(v) for k, v in (env or {}).items()}, prog_name=PROG_NAME, standalone_mode=False
+        )
     finally:
         os.chdir(previous)
         _restore_torch_threads(threads)
     returncode, stderr = result.exit_code, result.stderr
+    if result.exception is None and isinstance(result.return_value, int):
+        returncode = result.return_value  # a Typer Exit's code, returned in non-standalone mode
     exception = result.exception
     if exception is not None and not isinstance(exception, SystemExit):
         # main(): `except BaseException as exc: sys.exit(exit_code_for(exc))`, its output on stderr

@@ -133,3 +133,30 @@ def test_a_damaged_cache_entry_is_discarded_and_rebuilt(seeded_digits, calibrati
     options.out = tmp_path / "d.int8.cpu.onnx"
     assert not build(fp32, options, log=said.append).cached
     assert not list(cache.glob(".*partial"))
+
+
+# ------------------------------------------------------------------ exit codes that mean one thing each
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("verify", "--nope"), "No such option: --nope"),
+        (("bench", "x.onnx", "--batch-sizes", "a,b"), "--batch-sizes takes integers"),
+        (("predict",), "Missing argument 'artifact'"),
+        (("nope",), "No such command 'nope'"),
+        (("export", "-c", "m.pt", "--opset", "x"), "Invalid value for '--opset'"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(args, fragment):
+    """A usage error is bad input: one `error:` line, exit 2 (not Typer's usage box), as main() runs it."""
+    assert_one_line_error(run_cli(*args), 2, fragment)
+
+
+def test_usage_error_in_a_real_process():
+    from cli_helpers import run_cli_subprocess
+
+    result = run_cli_subprocess("verify", "--nope")
+    assert_one_line_error(result, 2, "verify: No such option: --nope")
+    assert "╭" not in result.stderr
+    assert run_cli_subprocess("--version").returncode == 0
