@@ -416,7 +416,7 @@ def usage_error(exc: BaseException) -> DropCovError | None:
     try:
         from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
     except ImportError:  # Typer releases that use click itself
-        from click.exceptions import ClickException, UsageError  # type: ignore[no-redef]
+        from click.exceptions import ClickException, UsageError  # type: ignore[no-redef,assignment]
 
         NoArgsIsHelpError = ()  # type: ignore[assignment,misc]
     if not isinstance(exc, ClickException):
