@@ -87,7 +87,7 @@ class VerifyReport:
 def _inputs(
     data: Path | None, random: int | None, class_names: list[str] | None, prep, image_size: int
 ) -> tuple[np.ndarray, np.ndarray | None, str, list[Path]]:
-    from dropcov_deploy.data.images import list_images, load_batch
+    from dropcov_deploy.data.images import list_images, load_batch, model_labels
     from dropcov_deploy.reference import random_inputs
 
     if (data is None) == (random is None):
@@ -99,9 +99,7 @@ def _inputs(
     assert data is not None  # exactly one of data/random, checked above
     images = list_images(data)
     batch = load_batch(images.paths, prep)
-    labels = np.asarray(images.labels) if images.labels is not None else None
-    if labels is not None and images.class_names and class_names and images.class_names != class_names:
-        raise InputError(f"{data}: class folders {images.class_names[:5]}... do not match the model's classes {class_names[:5]}...")
+    labels = model_labels(images, class_names)
     return batch, labels, f"{len(batch)} images from {data}" + (" (labelled)" if labels is not None else ""), images.paths
 
 

@@ -160,3 +160,70 @@ def test_usage_error_in_a_real_process():
     assert_one_line_error(result, 2, "verify: No such option: --nope")
     assert "╭" not in result.stderr
     assert run_cli_subprocess("--version").returncode == 0
+
+
+# ------------------------------------------------------------------ inputs validated by meaning
+
+
+def test_every_image_mode_is_read_as_what_it_shows(tmp_path):
+    """16-bit greyscale was clipped to white by Pillow's convert; palette, alpha and CMYK images
+    come out as the same picture in RGB."""
+    import numpy as np
+    from PIL import Image
+
+    from dropcov_deploy.data.images import load_image
+
+    ramp = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)  # 0 .. 65520
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    got = np.asarray(load_image(tmp_path / "deep.png"))
+    assert got.shape == (64, 64, 3) and got[0, 0, 0] == 0 and 250 <= got[-1, -1, 0] <= 255
+    assert abs(int(got[32, 0, 0]) - 128) <= 2  # the middle of the ramp is mid-grey, not 255
+    rgb = np.zeros((8, 8, 3), dtype=np.uint8)
+    rgb[:, :4] = (200, 30, 30)
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=100)
+    assert np.abs(np.asarray(load_image(tmp_path / "cmyk.jpg")).astype(int)[:, :2] - (200, 30, 30)).max() <= 12
+    rgba = np.zeros((8, 8, 4), dtype=np.uint8)
+    rgba[..., :3] = 10  # dark, fully transparent: shown as the white background
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "clear.png")
+    assert np.asarray(load_image(tmp_path / "clear.png")).min() == 255
+    Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=4).save(tmp_path / "palette.png")
+    assert tuple(np.asarray(load_image(tmp_path / "palette.png"))[0, 0]) == (200, 30, 30)
+
+
+def test_decompression_bomb_is_one_line(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from dropcov_deploy.data.images import load_image
+    from dropcov_deploy.errors import InputError
+
+    Image.new("L", (64, 64)).save(tmp_path / "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4096 pixels > 2x the limit: Pillow's DecompressionBombError
+    with pytest.raises(InputError, match="bomb.png: refused as a decompression bomb"):
+        load_image(tmp_path / "bomb.png")
+
+
+def test_class_folders_are_matched_to_the_models_classes_by_name(seeded_digits, calibration_dir, tmp_path):
+    """A folder of some classes is labelled by name (used to shift every label); a folder the
+    model has no class for is refused, in verify and in build alike."""
+    import shutil
+
+    checkpoint, fp32 = seeded_digits
+    some = tmp_path / "some"
+    for digit in ("3", "7"):
+        shutil.copytree(calibration_dir / digit, some / digit)
+    report = tmp_path / "v.json"
+    assert run_cli("verify", "-c", checkpoint, fp32, "--data", some, "--report", report).returncode == 0
+    import json
+
+    reference = json.loads(report.read_text())["reference"]
+    from dropcov_deploy.data.images import list_images, model_labels
+
+    labels = model_labels(list_images(some), [str(i) for i in range(10)])
+    assert sorted(set(labels.tolist())) == [3, 7] and "accuracy" in reference
+    extra = tmp_path / "extra"
+    shutil.copytree(some, extra)
+    shutil.copytree(calibration_dir / "5", extra / "five")
+    assert_one_line_error(run_cli("verify", "-c", checkpoint, fp32, "--data", extra), 2, "['five'] are not among the model's 10 classes")
+    assert_one_line_error(run_cli("build", fp32, "--precision", "int8", "--calib", extra, "--out", tmp_path / "x.onnx"), 2, "['five']")
+    assert not (tmp_path / "x.onnx").exists()

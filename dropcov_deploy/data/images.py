@@ -60,14 +60,53 @@ def list_images(root: str | Path) -> ImageSet:
     return ImageSet(root, flat, None, None)
 
 
+def model_labels(images: ImageSet, class_names: Sequence[str] | None) -> np.ndarray | None:
+    """The folder's labels as the model's class indices, matched by folder name: a folder of
+    some of the classes (only "3" and "7") is labelled right, never shifted; a folder the model
+    has no class for is one InputError line. Without names on either side, the folder order."""
+    if images.labels is None:
+        return None
+    if not class_names or not images.class_names:
+        return np.asarray(images.labels)
+    unknown = [name for name in images.class_names if name not in class_names]
+    if unknown:
+        raise InputError(
+            f"{images.root}: class folders {unknown[:5]} are not among the model's {len(class_names)} classes "
+            f"({', '.join(list(class_names)[:5])}...); labels would be wrong"
+        )
+    index = {name: i for i, name in enumerate(class_names)}
+    return np.asarray([index[images.class_names[label]] for label in images.labels])
+
+
+def _as_8bit_rgb(image):
+    """Any mode Pillow opens as RGB, scaled rather than clipped: 16-bit and 32-bit greyscale
+    ("I;16", "I", "F") are scaled by their range (Pillow's own convert would clip them to 255)."""
+    from PIL import Image
+
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or (image.mode == "I" and array.max(initial=0) > 255) else 255.0
+        if image.mode == "F":
+            top = 1.0 if array.max(initial=0) <= 1.0 else 255.0
+        scaled = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(scaled, mode="L").convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))  # transparent pixels on white, not on black
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
 def load_image(path: Path):
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
             image.load()
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+            return _as_8bit_rgb(image)
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"{path}: refused as a decompression bomb ({exc})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise InputError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
 
 

@@ -96,7 +96,7 @@ def load_calibration(
     size: int | None = DEFAULT_CALIBRATION_SIZE,
 ) -> CalibrationSet:
     """Load an image folder or .npy/.npz arrays, checked against the model's input."""
-    from dropcov_deploy.data.images import list_images, load_batch
+    from dropcov_deploy.data.images import list_images, load_batch, model_labels
 
     source = Path(source)
     if not source.exists():
@@ -111,8 +111,9 @@ def load_calibration(
         chosen = _subsample(len(images), size)
         prep = Preprocessing.from_dict(manifest.preprocessing or {})
         data = load_batch([images.paths[i] for i in chosen], prep)
-        if images.labels is not None:
-            labels = np.asarray(images.labels)[chosen]
+        found = model_labels(images, manifest.class_names)
+        if found is not None:
+            labels = found[chosen]
     elif source.suffix.lower() in (".npy", ".npz"):
         data = _from_arrays(source, spec.name)
         if data.ndim != 4 or tuple(data.shape[1:]) != (channels, height, width):
