@@ -42,6 +42,28 @@ def spare_inputs(outputs: Iterable[Path | str | None], inputs: Iterable[Path | s
             raise InputError(f"{out}: would overwrite {protected[Path(out).resolve()]}; write the output elsewhere")
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def clean_stale_stages(destination: Path) -> list[Path]:
+    """Remove the staging folders a killed run left beside `destination` (those whose process is
+    gone); a running build's folder (its process alive) is left alone. Returns what was removed."""
+    removed = []
+    for folder in Path(destination).parent.glob(f".{Path(destination).name}.*.staging"):
+        parts = folder.name[len(f".{Path(destination).name}.") :].split(".")
+        if folder.is_dir() and parts and parts[0].isdigit() and not _alive(int(parts[0])):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
 @contextmanager
 def staged(destination: Path) -> Iterator[Path]:
     """Yield a staging folder beside `destination`; on success move its files into place.
@@ -50,7 +72,8 @@ def staged(destination: Path) -> Iterator[Path]:
     never sees the main artifact before its side files (external data, manifest).
     """
     destination = check_writable(Path(destination))
-    stage = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".staging", dir=destination.parent))
+    clean_stale_stages(destination)
+    stage = Path(tempfile.mkdtemp(prefix=f".{destination.name}.{os.getpid()}.", suffix=".staging", dir=destination.parent))
     try:
         yield stage
         files = sorted(p for p in stage.iterdir() if p.is_file())

@@ -427,6 +427,30 @@ def _runner_subject(runner: Runner, path: Path, manifest: Manifest, device: str)
     return subject
 
 
+def available_memory_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux), else None (no check)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def batch_memory_problem(batch_size: int, image_shape: Sequence[int], available: int | None) -> str | None:
+    """Why the largest batch cannot be timed here (one line), before anything is allocated: the
+    inputs, plus about as much again for outputs and the runtime's own copies, must fit in a
+    quarter of the memory available."""
+    needed = 2 * batch_size * int(np.prod(image_shape)) * 4
+    if available is not None and needed > available // 4:
+        return (
+            f"--batch-sizes {batch_size}: one batch of {list(image_shape)} float32 inputs needs about {needed / 1e9:.1f} GB; "
+            f"this machine has {available / 1e9:.1f} GB available (use at most {max(1, batch_size * (available // 4) // needed)})"
+        )
+    return None
+
+
 def bench(
     artifacts: Sequence[str | Path],
     *,
@@ -471,6 +495,14 @@ def bench(
         if len(shapes) != 1:
             raise InputError(f"artifacts take different input shapes {sorted(shapes)}; bench them separately")
         image_shape = next(iter(shapes))
+    problem = batch_memory_problem(max(batch_sizes), image_shape, available_memory_bytes())
+    if problem:
+        raise InputError(problem)
+    limits = {p: specs[p].batch or BatchRange() for p in paths}
+    outside = [b for b in batch_sizes if paths and checkpoint is None and not any(limits[p].fits(b) for p in paths)]
+    if outside:
+        ranges = ", ".join(f"{p.name}: {limits[p].min}..{limits[p].max}" for p in paths)
+        raise InputError(f"--batch-sizes {','.join(map(str, outside))}: no artifact accepts that batch ({ranges})")
     described: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
     with contextlib.ExitStack() as runners:

@@ -7,6 +7,7 @@ files exactly as they were.
 from __future__ import annotations
 
 import hashlib
+import os
 
 import pytest
 from cli_helpers import assert_one_line_error, run_cli
@@ -227,3 +228,32 @@ def test_class_folders_are_matched_to_the_models_classes_by_name(seeded_digits, 
     assert_one_line_error(run_cli("verify", "-c", checkpoint, fp32, "--data", extra), 2, "['five'] are not among the model's 10 classes")
     assert_one_line_error(run_cli("build", fp32, "--precision", "int8", "--calib", extra, "--out", tmp_path / "x.onnx"), 2, "['five']")
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_bench_batch_sizes_are_checked_before_any_allocation(seeded_digits):
+    from dropcov_deploy.bench import batch_memory_problem
+
+    assert batch_memory_problem(8, (3, 224, 224), 16 * 10**9) is None
+    problem = batch_memory_problem(100_000, (3, 224, 224), 16 * 10**9)
+    assert "needs about 120.4 GB" in problem and "use at most 3321" in problem
+    _, fp32 = seeded_digits
+    assert_one_line_error(run_cli("bench", fp32, "--batch-sizes", "1,100000000"), 2, "--batch-sizes 100000000", "GB available")
+
+
+def test_a_killed_runs_staging_folder_is_cleaned_and_a_running_ones_kept(tmp_path):
+    import subprocess
+    import sys
+
+    from dropcov_deploy.atomic import staged
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(gone.stdout)
+    stale = tmp_path / f".model.onnx.{dead_pid}.abc123.staging"
+    stale.mkdir()
+    (stale / "model.onnx").write_bytes(b"half")
+    running = tmp_path / f".model.onnx.{os.getpid()}.def456.staging"  # this process: alive
+    running.mkdir()
+    with staged(tmp_path / "model.onnx") as stage:
+        (stage / "model.onnx").write_bytes(b"whole")
+    assert not stale.exists() and running.exists()
+    assert (tmp_path / "model.onnx").read_bytes() == b"whole"
