@@ -14,7 +14,7 @@ import typer
 
 from dropcov_deploy import __version__
 from dropcov_deploy.backends import DEFAULT_TARGET, TARGETS
-from dropcov_deploy.errors import EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, DropCovError, missing_extra
+from dropcov_deploy.errors import EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, DropCovError, environment_error, missing_extra
 from dropcov_deploy.precision import Precision
 
 app = typer.Typer(
@@ -395,7 +395,7 @@ def exit_code_for(exc: BaseException) -> int:
     """How main maps an exception: a DropCovError to one line and its exit code, an interrupt
     to 130, a module an extra installs to the pip line and 3, anything else (a bug) to its
     traceback and 70, never 1 (which means "a gate failed")."""
-    exc = missing_extra(exc) or usage_error(exc) or exc
+    exc = missing_extra(exc) or environment_error(exc) or usage_error(exc) or exc
     if isinstance(exc, DropCovError):
         from dropcov_deploy.console import fail
 

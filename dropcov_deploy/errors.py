@@ -79,3 +79,14 @@ def missing_extra(exc: BaseException) -> BackendUnavailable | None:
     if extra is None:
         return None
     return BackendUnavailable(f"this command needs {module}, which the base install leaves out: pip install 'dropcov-deploy[{extra}]'")
+
+
+def environment_error(exc: BaseException) -> DropCovError | None:
+    """A full disk, a quota, a read-only or forbidden path met while writing: one line naming the
+    path (exit 2), not a bug's traceback. Other OSErrors stay bugs (they are ours to handle)."""
+    import errno
+
+    if not isinstance(exc, OSError) or exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+        return None
+    where = exc.filename or "a file"
+    return InputError(f"{where}: {exc.strerror or type(exc).__name__} (nothing was published; free space or fix permissions and run again)")

@@ -130,6 +130,8 @@ def torch_reference(
     prep = info.resolved_preprocessing()
     for path, manifest in artifacts.items():
         _check_fits(path, manifest, prep.crop)
+        if manifest.num_classes is not None and manifest.num_classes != info.num_classes:
+            raise InputError(f"{path}: has {manifest.num_classes} classes, the checkpoint {checkpoint} {info.num_classes}; not the same model")
     batch, labels, described, image_paths = _inputs(data, random, info.class_names, prep, prep.crop)
     with step(f"PyTorch reference on {described}"), torch.no_grad():
         logits = np.concatenate([loaded.model(torch.from_numpy(batch[i : i + batch_size])).numpy() for i in range(0, len(batch), batch_size)])

@@ -257,3 +257,33 @@ def test_a_killed_runs_staging_folder_is_cleaned_and_a_running_ones_kept(tmp_pat
         (stage / "model.onnx").write_bytes(b"whole")
     assert not stale.exists() and running.exists()
     assert (tmp_path / "model.onnx").read_bytes() == b"whole"
+
+
+def test_training_folders_need_two_classes_and_no_empty_one(tmp_path, calibration_dir):
+    import shutil
+
+    from dropcov_deploy.errors import InputError
+    from dropcov_deploy.train import check_class_folders
+
+    split = tmp_path / "train"
+    shutil.copytree(calibration_dir / "3", split / "3")
+    with pytest.raises(InputError, match="1 class folder"):
+        check_class_folders(split)
+    (split / "7").mkdir()
+    with pytest.raises(InputError, match=r"\['7'\] hold no images"):
+        check_class_folders(split)
+    shutil.copytree(calibration_dir / "7", split / "7", dirs_exist_ok=True)
+    check_class_folders(split)
+
+
+def test_a_full_disk_or_a_forbidden_path_is_one_line_not_a_bug():
+    import errno
+
+    from dropcov_deploy.cli import exit_code_for
+    from dropcov_deploy.errors import environment_error
+
+    full = OSError(errno.ENOSPC, "No space left on device", "/data/out/model.onnx")
+    assert str(environment_error(full)).startswith("/data/out/model.onnx: No space left on device")
+    assert exit_code_for(full) == 2
+    assert exit_code_for(PermissionError(errno.EACCES, "Permission denied", "/ro/x.json")) == 2
+    assert environment_error(FileNotFoundError(errno.ENOENT, "No such file", "x")) is None  # ours to handle: a bug if it escapes
