@@ -82,10 +82,8 @@ def default_output(model: Path, precision: Precision, target: Target) -> Path:
 def source_manifest(model: Path) -> Manifest:
     """The input ONNX's manifest: an FP32 export (what every precision artifact derives its own
     from) or a precision ONNX (which only the engine step takes further)."""
-    found = Manifest.find(model) if model.exists() else None
-    if found is None:
-        onnx_io.load(model, load_external_data=False)  # a missing or corrupt file says so first
-        found = Manifest()
+    onnx_io.load(model, load_external_data=False)  # a missing or corrupt file, or missing weights, says so first
+    found = Manifest.find(model) or Manifest()
     found.require_input(model)
     return found
 

@@ -92,12 +92,10 @@ def engine_source(model: Path) -> Manifest:
         raise InputError(f"{model}: no such ONNX file")
     if model.suffix.lower() != ".onnx":
         raise InputError(f"{model}: not an ONNX model (expected the .onnx written by export or build)")
-    found = Manifest.find(model)
-    if found is None:
-        from dropcov_deploy import onnx_io
+    from dropcov_deploy import onnx_io
 
-        onnx_io.load(model, load_external_data=False)  # a corrupt file says so first
-        found = Manifest()
+    onnx_io.load(model, load_external_data=False)  # a corrupt file, or weights kept beside it that are missing, say so first
+    found = Manifest.find(model) or Manifest()
     found.require_input(model)
     if found.precision is not Precision.FP32 and found.target != ENGINE_TARGET:
         raise InputError(

@@ -33,7 +33,32 @@ def load(path: Path, load_external_data: bool = True):
         raise InputError(f"{path}: not a readable ONNX model ({first_line(exc)})") from None
     if not model.graph.node:
         raise InputError(f"{path}: not an ONNX model (empty graph)")
+    problem = external_data_problem(path, model)
+    if problem:
+        raise InputError(problem)
     return model
+
+
+def external_data_problem(path: Path, model) -> str | None:
+    """Why the weights an ONNX keeps beside it (external data) cannot be read (one line), or None:
+    a model copied without its .data file fails here, naming the file, not deep inside a build."""
+    from onnx import TensorProto
+
+    needed: dict[str, int] = {}
+    for tensor in model.graph.initializer:
+        if tensor.data_location != TensorProto.EXTERNAL:
+            continue
+        entries = {e.key: e.value for e in tensor.external_data}
+        location = entries.get("location", "")
+        end = int(entries.get("offset", 0) or 0) + int(entries.get("length", 0) or 0)
+        needed[location] = max(needed.get(location, 0), end)
+    for location, end in needed.items():
+        data = Path(path).parent / location
+        if not data.is_file():
+            return f"{path}: its weights are kept in {data}, which is missing (copy it with the model)"
+        if data.stat().st_size < end:
+            return f"{path}: its weights file {data} is truncated ({data.stat().st_size} bytes, needs {end})"
+    return None
 
 
 def save(model, path: Path, threshold: int = EXTERNAL_DATA_THRESHOLD) -> list[Path]:

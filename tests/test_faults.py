@@ -287,3 +287,22 @@ def test_a_full_disk_or_a_forbidden_path_is_one_line_not_a_bug():
     assert exit_code_for(full) == 2
     assert exit_code_for(PermissionError(errno.EACCES, "Permission denied", "/ro/x.json")) == 2
     assert environment_error(FileNotFoundError(errno.ENOENT, "No such file", "x")) is None  # ours to handle: a bug if it escapes
+
+
+def test_an_onnx_copied_without_its_weights_file_is_one_line(seeded_digits, calibration_dir, tmp_path):
+    import shutil
+
+    import onnx
+
+    _, fp32 = seeded_digits
+    onnx.save_model(onnx.load(str(fp32)), str(tmp_path / "m.onnx"), save_as_external_data=True, location="m.onnx.data", size_threshold=1024)
+    shutil.copyfile(sidecar_path(fp32), sidecar_path(tmp_path / "m.onnx"))
+    (tmp_path / "m.onnx.data").unlink()
+    image = next((calibration_dir / "3").glob("*.png"))
+    for args in (
+        ("build", tmp_path / "m.onnx", "--precision", "int8", "--calib", calibration_dir, "--calib-size", "16"),
+        ("engine", tmp_path / "m.onnx"),
+        ("predict", tmp_path / "m.onnx", image),
+    ):
+        assert_one_line_error(run_cli(*args), 2, "m.onnx")
+    assert_one_line_error(run_cli("build", tmp_path / "m.onnx", "--precision", "int8", "--calib", calibration_dir), 2, "m.onnx.data, which is missing")

@@ -20,7 +20,7 @@ def create_session(path: Path, providers: Sequence[str] = PROVIDERS["cpu"], thre
 
     ort.set_default_logger_severity(4)  # a CUDA provider that cannot load logs multi-line errors before the session exists; we say it in one line
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # errors reach us as the exception, said in one line below
     if threads:
         options.intra_op_num_threads = threads
     if not optimize:
