@@ -33,13 +33,26 @@ def spare_inputs(outputs: Iterable[Path | str | None], inputs: Iterable[Path | s
     """Refuse, before any work, an output that would replace one of the command's inputs (or an
     input's manifest sidecar): a user's files are never lost to a mistyped --out or --report."""
     protected: dict[Path, str] = {}
+    folders: list[Path] = []
     for item in inputs:
         if item is not None:
             protected.setdefault(Path(f"{item}.json").resolve(), f"the manifest of the input {item}")
             protected[Path(item).resolve()] = f"the input {item}"
+            if Path(item).is_dir():
+                folders.append(Path(item).resolve())
+    written: dict[Path, Path] = {}
     for out in outputs:
-        if out is not None and Path(out).resolve() in protected:
-            raise InputError(f"{out}: would overwrite {protected[Path(out).resolve()]}; write the output elsewhere")
+        if out is None:
+            continue
+        resolved = Path(out).resolve()
+        if resolved in protected:
+            raise InputError(f"{out}: would overwrite {protected[resolved]}; write the output elsewhere")
+        inside = next((folder for folder in folders if folder in resolved.parents), None)
+        if inside is not None:
+            raise InputError(f"{out}: is inside the input folder {inside}; write the output elsewhere")
+        if resolved in written:
+            raise InputError(f"{out}: given for two outputs ({written[resolved]} and {out}); each needs its own file")
+        written[resolved] = Path(out)
 
 
 def _alive(pid: int) -> bool:

@@ -177,6 +177,10 @@ def build(model: str | Path, options: BuildOptions, step: StepReporter = quiet_s
 
     started = time.perf_counter()
     model = Path(model)
+    if options.workspace_gib is not None or options.batch is not None:
+        from dropcov_deploy.engine import parse_profile
+
+        parse_profile(options.batch or "1", options.workspace_gib)  # malformed engine options fail before the model is read
     source = source_manifest(model)
     if source.precision is not Precision.FP32:
         return _engine_only(model, source, options, step, log)

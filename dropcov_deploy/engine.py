@@ -107,7 +107,8 @@ def engine_source(model: Path) -> Manifest:
 
 def device_command(model: Path, options: EngineOptions, profile: str) -> str:
     """The exact `dropcov-deploy engine ...` line that compiles this plan on a machine with TensorRT."""
-    words = ["dropcov-deploy", "engine", str(model), "--batch", profile]
+    shown = str(model) if not str(model).startswith("-") else f"./{model}"  # a path that looks like an option would not run
+    words = ["dropcov-deploy", "engine", shown, "--batch", profile]
     for flag, value in (
         ("--workspace", options.workspace_gib),
         ("--timing-cache", options.timing_cache),
@@ -121,16 +122,20 @@ def device_command(model: Path, options: EngineOptions, profile: str) -> str:
 
 
 def _check_outputs(model: Path, plan: Path, timing_cache: Path | None) -> None:
-    """The plan and its manifest never replace the ONNX, its manifest or the timing cache."""
-    from dropcov_deploy.atomic import check_writable
+    """The plan, its manifest and the timing cache (written too) never replace the ONNX or its
+    manifest, nor each other; a plan is named as one (verify, bench and predict go by suffix)."""
+    from dropcov_deploy.atomic import check_writable, spare_inputs
+    from dropcov_deploy.manifest import ENGINE_SUFFIXES
 
-    inputs = {model.resolve(): model, sidecar_path(model).resolve(): sidecar_path(model)}
-    if timing_cache is not None:
-        inputs[Path(timing_cache).resolve()] = Path(timing_cache)
-    for written in (plan, sidecar_path(plan)):
-        if written.resolve() in inputs:
-            raise InputError(f"--out {plan}: would overwrite {inputs[written.resolve()]}; name another plan file")
+    if plan.suffix.lower() not in ENGINE_SUFFIXES:
+        raise InputError(f"--out {plan}: a TensorRT plan must end in {', '.join(ENGINE_SUFFIXES)}")
+    try:
+        spare_inputs([plan, sidecar_path(plan), timing_cache], [model])
+    except InputError as exc:
+        raise InputError(f"--out/--timing-cache: {exc}") from None
     check_writable(plan)
+    if timing_cache is not None:
+        check_writable(Path(timing_cache))
 
 
 def _checked_profile(model: Path, manifest: Manifest, options: EngineOptions) -> tuple[Any, str]:

@@ -64,6 +64,14 @@ def read_overrides(path: Path | None) -> dict[str, dict[str, dict[str, float]]]:
     from dropcov_deploy.manifest import read_json_object
 
     raw = read_json_object(path, "gates file (an object keyed by precision: fp32, fp16, int8)")
+    return check_overrides(raw, path)
+
+
+def check_overrides(raw: Any, path: Path | str) -> dict[str, dict[str, dict[str, float]]]:
+    """Gate bounds {precision: {metric: {"min"/"max": number}}} checked (known precisions and metrics,
+    finite numbers, min <= max) and as floats; `path` names where they came from in the one-line error."""
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: gates must be an object keyed by precision (fp32, fp16, int8)")
     overrides: dict[str, dict[str, dict[str, float]]] = {}
     for precision, metrics in raw.items():
         if precision not in DEFAULT_GATES:

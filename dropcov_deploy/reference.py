@@ -78,7 +78,7 @@ class Reference:
                 return (
                     f"{where} was made from checkpoint {self.checkpoint_sha256[:12]}, this artifact from {model_sha[:12]}; save a reference from its checkpoint"
                 )
-        elif not (manifest.sha256 and manifest.sha256 in known_hashes):
+        elif sha256_file(artifact) not in known_hashes:  # the file's own hash, not what its manifest claims
             return f"{where} cannot be tied to this artifact: its manifest records no checkpoint hash and its hash is not among the reference's artifacts"
         if manifest.class_names and self.meta.get("class_names") and list(manifest.class_names) != list(self.meta["class_names"]):
             return f"{where} has classes {self.meta['class_names'][:4]}..., the artifact {list(manifest.class_names)[:4]}..."
@@ -127,40 +127,91 @@ def image_files_record(paths: list[Path], root: Path) -> list[dict[str, str]]:
     return [{"path": str(Path(p).relative_to(root)), "sha256": sha256_file(Path(p))} for p in paths]
 
 
+def _check_contents(path: Path, meta: dict[str, Any], logits: Any, labels: Any) -> str | None:
+    """What is wrong with a reference's record (one line), or None: every field is checked for
+    type and agreement before anything is computed from it (a file may be damaged or edited)."""
+    if logits is None or logits.ndim != 2 or not np.issubdtype(logits.dtype, np.floating) or len(logits) == 0 or logits.shape[1] == 0:
+        return "holds no logits (a non-empty float array of shape (N, classes))"
+    count, classes = logits.shape
+    shape = meta.get("input_shape")
+    if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
+        return f"input_shape must be [C, H, W] positive integers, got {str(shape)[:40]}"
+    if labels is not None:
+        if labels.ndim != 1 or len(labels) != count or not np.issubdtype(labels.dtype, np.integer):
+            return f"labels must be {count} integers, got an array of shape {labels.shape} and type {labels.dtype}"
+        if len(labels) and (labels.min() < 0 or labels.max() >= classes):
+            return f"labels must lie in 0..{classes - 1}, got {int(labels.min())}..{int(labels.max())}"
+    checkpoint = meta.get("checkpoint")
+    if checkpoint is not None and not (isinstance(checkpoint, dict) and isinstance(checkpoint.get("sha256", ""), (str, type(None)))):
+        return "checkpoint must be {path, sha256}"
+    artifacts = meta.get("artifacts") or {}
+    if not (isinstance(artifacts, dict) and all(isinstance(v, str) for v in artifacts.values())):
+        return "artifacts must map file names to SHA-256 strings"
+    names = meta.get("class_names")
+    if names is not None and not (isinstance(names, list) and len(names) == classes and all(isinstance(n, str) for n in names)):
+        return f"class_names must be {classes} strings (one per logit)"
+    gates = meta.get("family_gates") or {}
+    if not isinstance(gates, dict):
+        return "family_gates must be an object keyed by precision"
+    stored = meta.get("inputs_stored")
+    if stored == "random":
+        random = meta.get("random")
+        if not (isinstance(random, int) and not isinstance(random, bool) and random == count):
+            return f"random must be the number of seeded inputs ({count}), got {random!r}"
+    elif stored == "files":
+        files = meta.get("files")
+        if not (
+            isinstance(files, list)
+            and len(files) == count
+            and all(isinstance(f, dict) and isinstance(f.get("path"), str) and isinstance(f.get("sha256"), str) for f in files)
+        ):
+            return f"files must list {count} entries of {{path, sha256}}"
+        if not isinstance(meta.get("preprocessing"), dict):
+            return "a reference that lists image files needs their preprocessing"
+    elif stored != "arrays":
+        return f"unknown inputs_stored {stored!r}"
+    return None
+
+
 def load_reference(path: Path, data: Path | None = None) -> Reference:
     """Read a reference file; its inputs from the file, the seed, or (files mode) `data`.
-    One InputError line for a missing, corrupt or foreign file, or images that changed."""
+    One InputError line for a missing, corrupt, foreign or edited file, or images that changed."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such reference file")
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise ValueError("a single array (.npy), not an .npz archive")
+        with archive:
             contents = {name: archive[name] for name in archive.files}
         meta = json.loads(str(contents["meta"]))
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+    except ValueError as exc:
+        why = "it holds Python objects, which are never loaded" if "pickle" in str(exc) else first_line(exc)
+        raise InputError(f"{path}: not a dropcov-deploy reference file ({why})") from None
+    except (OSError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise InputError(f"{path}: not a dropcov-deploy reference file ({first_line(exc) or type(exc).__name__})") from None
     if not isinstance(meta, dict) or meta.get("format") != REFERENCE_FORMAT:
         raise InputError(f"{path}: not a dropcov-deploy reference file (format {meta.get('format') if isinstance(meta, dict) else None!r})")
-    logits = contents.get("logits")
-    if logits is None or logits.ndim != 2:
-        raise InputError(f"{path}: holds no logits of shape (N, classes)")
-    labels = contents.get("labels")
-    stored = meta.get("inputs_stored")
-    shape = tuple(int(d) for d in meta.get("input_shape", ()))
-    if len(shape) != 3:
-        raise InputError(f"{path}: records no input shape [C, H, W]")
-    if stored == "arrays":
-        inputs = contents.get("inputs")
-        if inputs is None or inputs.shape != (len(logits), *shape):
-            raise InputError(f"{path}: its inputs do not match its logits and input shape")
-    elif stored == "random":
-        inputs = random_inputs(int(meta["random"]), shape)  # type: ignore[arg-type]
-    elif stored == "files":
-        inputs = _inputs_from_files(path, meta, data, len(logits))
-    else:
-        raise InputError(f"{path}: unknown inputs_stored {stored!r}")
+    logits, labels = contents.get("logits"), contents.get("labels")
+    problem = _check_contents(path, meta, logits, labels)
+    if problem:
+        raise InputError(f"{path}: {problem}")
+    assert logits is not None  # checked above
+    stored = meta["inputs_stored"]
+    shape = tuple(meta["input_shape"])
     if data is not None and stored != "files":
         raise InputError(f"--data {data}: the reference {path} holds its inputs; give --data only for a reference that lists image files")
+    if stored == "arrays":
+        inputs = contents.get("inputs")
+        if inputs is None or inputs.shape != (len(logits), *shape) or not np.issubdtype(inputs.dtype, np.floating):
+            raise InputError(f"{path}: its inputs do not match its logits and input shape")
+    elif stored == "random":
+        inputs = random_inputs(len(logits), shape)  # type: ignore[arg-type]
+    else:
+        inputs = _inputs_from_files(path, meta, data, len(logits))
+        if inputs.shape[1:] != shape:
+            raise InputError(f"{path}: its preprocessing gives {list(inputs.shape[1:])} inputs, its input_shape says {list(shape)}")
     if not np.isfinite(logits).all() or not np.isfinite(inputs).all():
         raise InputError(f"{path}: holds NaN or Inf in its {'logits' if not np.isfinite(logits).all() else 'inputs'}; a reference must be finite")
     return Reference(inputs=inputs, logits=logits, labels=labels, meta=meta, path=path, files=meta.get("files") or [])

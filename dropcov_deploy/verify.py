@@ -192,6 +192,8 @@ def verify(
         raise InputError("name at least one artifact to verify")
     if batch_size < 1:
         raise InputError(f"--batch-size {batch_size}: must be positive")
+    if not 0 <= max_reference_mb < float("inf"):
+        raise InputError(f"--max-reference-mb {max_reference_mb}: must be a number of MB, 0 or more")
     paths = [Path(a) for a in artifacts]
     spare_inputs([save_reference, *outputs], [*paths, Path(checkpoint) if checkpoint is not None else None, reference, gates_file, data])
     if save_reference is not None:
@@ -222,7 +224,8 @@ def verify(
             if problem:
                 raise InputError(problem)
         saved = None
-    gates = gate_rules.with_overrides(gate_rules.with_overrides(gate_rules.DEFAULT_GATES, ref.meta.get("family_gates") or {}), overrides)
+    family_gates = gate_rules.check_overrides(ref.meta.get("family_gates") or {}, f"{reference or checkpoint} (the model family's gates)")
+    gates = gate_rules.with_overrides(gate_rules.with_overrides(gate_rules.DEFAULT_GATES, family_gates), overrides)
     batch, labels, expected = ref.inputs, ref.labels, ref.logits
     reference_summary: dict[str, Any] = {
         "backend": "torch",

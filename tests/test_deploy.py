@@ -106,8 +106,11 @@ def test_engine_without_tensorrt_names_the_command_for_the_device(seeded_digits,
 def test_engine_refuses_what_cannot_become_an_engine(seeded_chain, tmp_path):
     fp32, int8_cpu = seeded_chain["fp32"], seeded_chain["int8"]
     assert_one_line_error(run_cli("engine", int8_cpu), 2, "built for cpu", "--backend tensorrt")
-    assert_one_line_error(run_cli("engine", fp32, "--out", fp32), 2, "would overwrite")
-    assert_one_line_error(run_cli("engine", fp32, "--out", sidecar_path(fp32).with_suffix("")), 2)  # the plan's manifest would replace the ONNX's
+    assert_one_line_error(run_cli("engine", fp32, "--out", fp32), 2, "a TensorRT plan must end in .plan")
+    assert_one_line_error(run_cli("engine", fp32, "--timing-cache", fp32), 2, "would overwrite the input")
+    assert_one_line_error(run_cli("engine", fp32, "--timing-cache", sidecar_path(fp32)), 2, "would overwrite the manifest of the input")
+    assert_one_line_error(run_cli("engine", fp32, "--out", tmp_path / "p.plan", "--timing-cache", tmp_path / "p.plan"), 2, "two outputs")
+    assert_one_line_error(run_cli("engine", fp32, "--workspace", "inf"), 2, "up to 4096")
     assert_one_line_error(run_cli("engine", fp32, "--batch", "8:4:2"), 2, "min <= opt <= max")
     assert_one_line_error(run_cli("engine", fp32, "--builder-optimization-level", "9"), 2)
     assert_one_line_error(run_cli("engine", tmp_path / "none.onnx"), 2, "none.onnx")
@@ -301,3 +304,56 @@ def test_verify_and_predict_run_a_fixed_batch_artifact_in_its_own_batches(seeded
     predicted = run_cli("predict", fixed, *images, "--json")
     assert predicted.returncode == 0, predicted.stderr
     assert len(json.loads(predicted.stdout)) == 5
+
+
+def _edited(ref, folder, name, meta_edit=None, arrays_edit=None):
+    """A copy of the reference with its meta or arrays changed, as a damaged or edited file would be."""
+    with np.load(ref, allow_pickle=False) as archive:
+        arrays = {k: archive[k] for k in archive.files}
+    meta = json.loads(str(arrays["meta"]))
+    if meta_edit:
+        meta_edit(meta)
+    if arrays_edit:
+        arrays_edit(arrays)
+    arrays["meta"] = np.array(json.dumps(meta))
+    out = folder / name
+    with open(out, "wb") as handle:
+        np.savez(handle, **arrays)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("meta_edit", "arrays_edit", "fragment"),
+    [
+        (lambda m: m.update(input_shape="abc"), None, "input_shape must be [C, H, W]"),
+        (lambda m: m.update(input_shape=[3, "x", 32]), None, "input_shape must be [C, H, W]"),
+        (lambda m: m.update(checkpoint="x"), None, "checkpoint must be"),
+        (lambda m: m.update(family_gates="x"), None, "family_gates must be"),
+        (lambda m: m.update(family_gates={"fp16": {"accuracy_drop": {"max": "1"}}}), None, "must be a finite number"),
+        (lambda m: m.update(artifacts=["x"]), None, "artifacts must map"),
+        (lambda m: m.update(inputs_stored="random", random=-3), None, "random must be the number of seeded inputs"),
+        (lambda m: m.update(inputs_stored="files", files=["x"]), None, "files must list"),
+        (lambda m: m.update(inputs_stored="nope"), None, "unknown inputs_stored"),
+        (None, lambda a: a.update(labels=np.full(40, 100)), "labels must lie in 0..9"),
+        (None, lambda a: a.update(labels=np.arange(7)), "labels must be 40 integers"),
+        (None, lambda a: a.update(labels=np.array(["a"] * 40)), "labels must be 40 integers"),
+        (None, lambda a: a.update(logits=np.zeros((0, 10), np.float32), inputs=np.zeros((0, 3, 32, 32), np.float32)), "holds no logits"),
+        (None, lambda a: a.update(logits=np.array([["x"] * 10] * 40)), "holds no logits"),
+    ],
+)
+def test_an_edited_or_damaged_reference_is_one_line(saved_reference, seeded_chain, tmp_path, meta_edit, arrays_edit, fragment):
+    edited = _edited(saved_reference["ref"], tmp_path, "edited.npz", meta_edit, arrays_edit)
+    assert_one_line_error(run_cli("verify", "--reference", edited, seeded_chain["fp32"]), 2, "edited.npz", fragment)
+
+
+def test_a_reference_is_tied_by_the_files_real_hash_not_its_manifests_claim(saved_reference, seeded_chain, tmp_path):
+    """An artifact whose manifest has no checkpoint hash is tied to a reference only by its own
+    bytes' hash among those the reference saw, whatever its manifest's sha256 says."""
+    lie = tmp_path / "lie.onnx"
+    shutil.copyfile(seeded_chain["int8"], lie)
+    manifest = Manifest.read(seeded_chain["int8"]).to_dict()
+    del manifest["source"]
+    manifest["sha256"] = Manifest.read(seeded_chain["fp32"]).sha256
+    sidecar_path(lie).write_text(json.dumps(manifest))
+    no_source = _edited(saved_reference["ref"], tmp_path, "r.npz", lambda m: m.update(artifacts={"model.onnx": manifest["sha256"]}))
+    assert_one_line_error(run_cli("verify", "--reference", no_source, lie), 2, "cannot be tied to this artifact")

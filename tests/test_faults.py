@@ -37,7 +37,9 @@ def test_no_output_replaces_an_input(seeded_chain, calibration_dir, tmp_path):
         (("verify", "-c", checkpoint, fp32, "--random", "2", "--save-reference", checkpoint), "would overwrite the input"),
         (("bench", fp32, int8, "--batch-sizes", "1", "--max-time", "0.1", "--report", int8), "would overwrite the input"),
         (("bench", fp32, "--batch-sizes", "1", "--max-time", "0.1", "--plot", fp32), "would overwrite the input"),
-        (("engine", fp32, "--out", fp32), "would overwrite"),
+        (("engine", fp32, "--timing-cache", fp32), "would overwrite"),
+        (("verify", "-c", checkpoint, fp32, "--data", calibration_dir, "--report", calibration_dir / "3" / "r.json"), "inside the input folder"),
+        (("verify", "-c", checkpoint, fp32, "--random", "2", "--report", fp32.parent / "same.json", "--junit", fp32.parent / "same.json"), "two outputs"),
     ]
     for args, fragment in cases:
         assert_one_line_error(run_cli(*args), 2, fragment)

@@ -516,7 +516,7 @@ def _build(tmp_path: Path, **overrides):
 
 def test_build_takes_a_precision_name_or_member_and_refuses_others(tmp_path):
     for precision in ("FP16", "int8", Precision.INT8):  # accepted: the next check (the workspace) speaks
-        with pytest.raises(InputError, match="^workspace 0 GiB: must be positive$"):
+        with pytest.raises(InputError, match="^workspace 0 GiB: must be a positive number of GiB up to 4096$"):
             _build(tmp_path, precision=precision, workspace_gib=0)
     with pytest.raises(InputError) as caught:
         _build(tmp_path, precision="bf16")
@@ -674,6 +674,6 @@ def test_a_bad_workspace_fails_build_before_the_precision_onnx_is_written(tmp_pa
     model.write_bytes(b"not read: the options fail first")
     Manifest.from_dict({"input": {"name": "input", "shape": ["batch", 3, 32, 32]}}).write(tmp_path / "m.onnx.json")
     for workspace in (-1.0, 0.0):
-        with pytest.raises(InputError, match=f"workspace {workspace} GiB: must be positive"):
+        with pytest.raises(InputError, match=f"workspace {workspace} GiB: must be a positive number"):
             build(model, BuildOptions(precision="fp32", backend="tensorrt", workspace_gib=workspace, cache_dir=tmp_path / "cache"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.json"]

@@ -17,6 +17,7 @@ from typing import Any
 from dropcov_deploy.errors import BackendUnavailable, InputError
 
 Shape = list[int]
+MAX_WORKSPACE_GIB = 4096  # no GPU has more; beyond it (or inf) TensorRT's size_t would overflow
 
 
 @dataclass(frozen=True)
@@ -144,8 +145,8 @@ def io_tensors(trt, engine) -> list[dict[str, Any]]:
 
 def check_workspace(workspace_gib: float | None) -> None:
     """The builder's workspace limit, when given, must be a positive number of GiB."""
-    if workspace_gib is not None and not workspace_gib > 0:
-        raise InputError(f"workspace {workspace_gib} GiB: must be positive")
+    if workspace_gib is not None and not 0 < workspace_gib <= MAX_WORKSPACE_GIB:
+        raise InputError(f"workspace {workspace_gib} GiB: must be a positive number of GiB up to {MAX_WORKSPACE_GIB}")
 
 
 MAX_BUILDER_OPTIMIZATION_LEVEL = 5  # IBuilderConfig.builder_optimization_level: 0..5, default 3
