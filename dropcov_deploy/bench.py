@@ -472,7 +472,7 @@ def bench(
         raise InputError(f"--device {device!r}: use cpu or cuda")
     if not batch_sizes or min(batch_sizes) < 1:
         raise InputError("--batch-sizes: give positive integers, e.g. 1,8,32")
-    if warmup_s < 0 or max_time_s <= 0:
+    if not (0 <= warmup_s < float("inf")) or not (0 < max_time_s < float("inf")):  # NaN fails both
         raise InputError("--warmup must be >= 0 and --max-time > 0 seconds")
     paths = [Path(a) for a in artifacts]
     for path in paths:
@@ -538,6 +538,11 @@ def bench(
         if not subjects:
             raise BackendUnavailable("nothing to time: " + "; ".join(f"{Path(s['artifact']).name}: {s['reason']}" for s in skipped))
         results = _measure_all(subjects, batch_sizes, image_shape, warmup_s, max_time_s, progress)
+        for subject in subjects:
+            accepts = subject.batch
+            left_out = [b for b in batch_sizes if accepts is not None and not accepts.fits(b)]
+            if left_out and accepts is not None:
+                warnings.append(f"{Path(subject.artifact).name}: not timed at batch {', '.join(map(str, left_out))} (it accepts {accepts.min}..{accepts.max})")
     pair_speedups(results)
     return {
         "machine": machine_info(device),

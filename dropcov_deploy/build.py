@@ -85,6 +85,7 @@ def source_manifest(model: Path) -> Manifest:
     onnx_io.load(model, load_external_data=False)  # a missing or corrupt file, or missing weights, says so first
     found = Manifest.find(model) or Manifest()
     found.require_input(model)
+    found.require_describes(model)
     return found
 
 
@@ -93,10 +94,16 @@ def _engine_only(model: Path, source: Manifest, options: BuildOptions, step: Ste
     runs (the same as `dropcov-deploy engine`); anything else is refused in one line."""
     started = time.perf_counter()
     target = get_target(options.backend)
+    _check_choices(options)
     requested = Precision.parse(options.precision) if options.precision is not None else source.precision
-    if requested is not source.precision or target.device_artifact is None or source.target != target.tag:
-        hint = f"`dropcov-deploy engine {model}`" if source.target == TARGETS["tensorrt"].tag else "build from the FP32 export"
-        raise InputError(f"{model}: is already a {source.precision} graph for {source.target}; for --precision {requested} --backend {target.name} {hint}")
+    built_for = f"a {source.precision} graph for {source.target or 'an unrecorded target'}"
+    if requested is not source.precision:
+        raise InputError(f"{model}: is already {built_for}; --precision {requested} starts from the FP32 export")
+    if target.device_artifact is None:
+        hint = f" (for TensorRT: `dropcov-deploy engine {model}`)" if source.target == TARGETS["tensorrt"].tag else ""
+        raise InputError(f"{model}: is already {built_for}; --backend {target.name} builds from the FP32 export{hint}")
+    if source.target != target.tag:
+        raise InputError(f"{model}: is {built_for}, not for {target.name}; build the FP32 export with --backend {target.name}")
     if options.out is not None or options.calib is not None:
         raise InputError(
             f"{model}: is already a {source.precision} graph; --out and --calib apply to the precision step (for the plan's name use `dropcov-deploy engine --out`)"
@@ -109,17 +116,22 @@ def _engine_only(model: Path, source: Manifest, options: BuildOptions, step: Ste
     )
 
 
-def _validate(options: BuildOptions) -> tuple[Precision, Target]:
-    precision = Precision.parse(options.precision if options.precision is not None else Precision.FP16)
-    target = get_target(options.backend)
+def _check_choices(options: BuildOptions) -> None:
+    """The options that name a choice, checked whatever the input (a typo is never ignored)."""
     if options.fc not in FC_CHOICES:
         raise InputError(f"--fc {options.fc!r}: use one of {', '.join(FC_CHOICES)}")
     if options.calib_method not in CALIBRATION_METHODS:
         raise InputError(f"--calib-method {options.calib_method!r}: use entropy, max or percentile")
-    if precision is Precision.INT8 and options.calib_method not in target.calibration_methods:
-        raise InputError(f"--calib-method {options.calib_method} is not supported for --backend {target.name}; use {' or '.join(target.calibration_methods)}")
     if options.high_precision not in HIGH_PRECISIONS:
         raise InputError(f"--high-precision {options.high_precision!r}: use fp16 or fp32")
+
+
+def _validate(options: BuildOptions) -> tuple[Precision, Target]:
+    precision = Precision.parse(options.precision if options.precision is not None else Precision.FP16)
+    target = get_target(options.backend)
+    _check_choices(options)
+    if precision is Precision.INT8 and options.calib_method not in target.calibration_methods:
+        raise InputError(f"--calib-method {options.calib_method} is not supported for --backend {target.name}; use {' or '.join(target.calibration_methods)}")
     if not target.supports(precision):
         raise InputError(f"--precision {precision}: --backend {target.name} builds {', '.join(map(str, target.precisions))}")
     if precision.reduced and options.calib is None:
@@ -185,6 +197,10 @@ def build(model: str | Path, options: BuildOptions, step: StepReporter = quiet_s
     if source.precision is not Precision.FP32:
         return _engine_only(model, source, options, step, log)
     precision, target = _validate(options)
+    if precision in target.modelopt_precisions:
+        from dropcov_deploy.precision.fp16 import require_modelopt
+
+        require_modelopt()  # exit 3 naming the extra, before the calibration images are read
     out = Path(options.out) if options.out else default_output(model, precision, target)
     stem = out.name[: -len(".onnx")] if out.name.endswith(".onnx") else out.name
     written = [out, sidecar_path(out), out.with_name(f"{stem}.ort.onnx"), plan_path_for(out), sidecar_path(plan_path_for(out))]

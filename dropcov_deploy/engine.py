@@ -97,6 +97,7 @@ def engine_source(model: Path) -> Manifest:
     onnx_io.load(model, load_external_data=False)  # a corrupt file, or weights kept beside it that are missing, say so first
     found = Manifest.find(model) or Manifest()
     found.require_input(model)
+    found.require_describes(model)
     if found.precision is not Precision.FP32 and found.target != ENGINE_TARGET:
         raise InputError(
             f"{model}: is a {found.precision} graph built for {found.target or 'an unknown target'} (ONNX Runtime); "

@@ -131,10 +131,14 @@ class BatchRange:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BatchRange:
-        low, high = data.get("min", 1), data.get("max")
+        low, high, dynamic = data.get("min", 1), data.get("max"), data.get("dynamic", True)
         if not isinstance(low, int) or (high is not None and not isinstance(high, int)):
             raise ValueError(f"input.batch min and max must be integers, got {low!r} and {high!r}")
-        return cls(dynamic=bool(data.get("dynamic", True)), min=low, max=high)
+        if not isinstance(dynamic, bool):
+            raise ValueError(f"input.batch dynamic must be true or false, got {dynamic!r}")
+        if low < 1 or (high is not None and high < low):
+            raise ValueError(f"input.batch must have 1 <= min <= max, got min {low} and max {high}")
+        return cls(dynamic=dynamic, min=low, max=high)
 
 
 @dataclass
@@ -168,7 +172,7 @@ class InputSpec:
             name=str(data.get("name", "input")),
             shape=list(data.get("shape") or []),
             dtype=str(data.get("dtype", "float32")),
-            batch=BatchRange.from_dict(batch) if isinstance(batch, dict) and batch else None,
+            batch=BatchRange.from_dict(_typed(batch, dict, "input.batch")) if batch else None,
         )
 
 
@@ -243,6 +247,8 @@ class Manifest:
             names = _typed(values["class_names"], list, "class_names")
             if not all(isinstance(n, str) for n in names) or (values.get("num_classes") and len(names) != values["num_classes"]):
                 raise ValueError(f"class_names must be {values.get('num_classes') or 'the'} class names (strings), got {str(names)[:60]}")
+        if values.get("target") is not None:
+            _typed(values["target"], str, "target")
         for name in ("preprocessing", "output"):
             if values.get(name) is not None:
                 _typed(values[name], dict, name)
@@ -331,6 +337,12 @@ class Manifest:
         if self.input is None or not self.input.shape:
             raise InputError(f"{path}: no dropcov-deploy manifest (sidecar .json or dropcov.* metadata); export it with `dropcov-deploy export`")
         return self.input
+
+    def require_describes(self, path: Path) -> None:
+        """A sidecar that records a hash must be the one written with this file: a sidecar copied
+        beside another model would make every later stage trust the wrong precision and target."""
+        if self.sha256 and self.origin == "sidecar" and sha256_file(Path(path)) != self.sha256:
+            raise InputError(f"{sidecar_path(Path(path))}: describes another file (its sha256 is not {Path(path).name}'s); restore the matching manifest")
 
     @property
     def batch(self) -> BatchRange | None:

@@ -32,6 +32,8 @@ def predict(artifact: str | Path, images: list[str | Path], top_k: int = 5, devi
         raise InputError(f"{artifact}: no such file")
     if not images:
         raise InputError("name at least one image")
+    if top_k < 1:
+        raise InputError(f"--top {top_k}: show at least one class")
     manifest = Manifest.read(artifact)
     if manifest.preprocessing is None:
         raise InputError(f"{artifact}: its manifest records no preprocessing")

@@ -114,8 +114,9 @@ def test_engine_refuses_what_cannot_become_an_engine(seeded_chain, tmp_path):
     assert_one_line_error(run_cli("engine", fp32, "--batch", "8:4:2"), 2, "min <= opt <= max")
     assert_one_line_error(run_cli("engine", fp32, "--builder-optimization-level", "9"), 2)
     assert_one_line_error(run_cli("engine", tmp_path / "none.onnx"), 2, "none.onnx")
-    assert_one_line_error(run_cli("build", int8_cpu, "--backend", "tensorrt"), 2, "build from the FP32 export")
-    assert_one_line_error(run_cli("build", int8_cpu), 2, "is already a int8 graph")
+    assert_one_line_error(run_cli("build", int8_cpu, "--backend", "tensorrt"), 2, "not for tensorrt; build the FP32 export with --backend tensorrt")
+    assert_one_line_error(run_cli("build", int8_cpu, "--backend", "tensorrt", "--fc", "bogus"), 2, "--fc")
+    assert_one_line_error(run_cli("build", int8_cpu), 2, "is already a int8 graph for cpu; --backend onnxruntime builds from the FP32 export")
 
 
 def test_missing_extra_names_the_pip_line():

@@ -308,3 +308,40 @@ def test_an_onnx_copied_without_its_weights_file_is_one_line(seeded_digits, cali
     ):
         assert_one_line_error(run_cli(*args), 2, "m.onnx")
     assert_one_line_error(run_cli("build", tmp_path / "m.onnx", "--precision", "int8", "--calib", calibration_dir), 2, "m.onnx.data, which is missing")
+
+
+def test_a_sidecar_copied_beside_another_model_is_refused(seeded_chain, tmp_path):
+    """The sidecar's recorded sha256 must be the file's: a CPU INT8 graph under an FP32 export's
+    manifest would otherwise become an "FP32" engine."""
+    import shutil
+
+    swapped = tmp_path / "swapped.onnx"
+    shutil.copyfile(seeded_chain["int8"], swapped)
+    shutil.copyfile(sidecar_path(seeded_chain["fp32"]), sidecar_path(swapped))
+    assert_one_line_error(run_cli("engine", swapped), 2, "swapped.onnx.json: describes another file")
+    assert_one_line_error(run_cli("build", swapped, "--precision", "fp32"), 2, "describes another file")
+
+
+@pytest.mark.parametrize(
+    ("batch", "fragment"),
+    [
+        ({"min": 0, "max": 8}, "1 <= min <= max"),
+        ({"min": 64, "max": 4}, "1 <= min <= max"),
+        ({"dynamic": "false", "min": 1, "max": 4}, "dynamic must be true or false"),
+        ("dynamic", "input.batch must be a dict"),
+    ],
+)
+def test_a_manifests_batch_range_is_checked(tmp_path, batch, fragment):
+    from dropcov_deploy.errors import InputError
+    from dropcov_deploy.manifest import Manifest
+
+    with pytest.raises(InputError, match=fragment):
+        Manifest.from_dict({"input": {"name": "input", "shape": ["batch", 3, 32, 32], "batch": batch}})
+
+
+def test_option_values_that_mean_nothing_are_refused(seeded_chain, calibration_dir):
+    image = next((calibration_dir / "3").glob("*.png"))
+    assert_one_line_error(run_cli("predict", seeded_chain["int8"], image, "--top", "0"), 2, "--top 0")
+    assert_one_line_error(run_cli("bench", seeded_chain["fp32"], "--max-time", "nan"), 2, "--max-time")
+    assert_one_line_error(run_cli("bench", seeded_chain["fp32"], "--warmup", "inf"), 2, "--warmup")
+    assert_one_line_error(run_cli("verify", "-c", seeded_chain["checkpoint"], seeded_chain["fp32"], "--random", "2", "--max-reference-mb", "-5"), 2, "--max-reference-mb")

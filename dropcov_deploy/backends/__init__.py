@@ -86,6 +86,7 @@ class Target:
     stage_artifact_step: str = ""  # what the build's progress line says while it is written
     device_artifact: str | None = None  # hook: engine step after the precision ONNX is published (may raise BackendUnavailable)
     accelerated: bool = False  # the demo prefers an available accelerated target
+    modelopt_precisions: tuple[Precision, ...] = (Precision.FP16,)  # builds that need ModelOpt (the build extra): checked before calibration
 
     def is_available(self) -> tuple[bool, str]:
         return load_hook(self.status)()
@@ -123,6 +124,7 @@ TARGETS: dict[str, Target] = {
         runner="dropcov_deploy.backends.tensorrt:open_runner",
         device_artifact="dropcov_deploy.engine:engine_step",
         accelerated=True,
+        modelopt_precisions=(Precision.FP16, Precision.INT8),
     ),
 }
 DEFAULT_TARGET = "onnxruntime"

@@ -29,7 +29,7 @@ def require_modelopt() -> None:
         import modelopt.onnx  # noqa: F401
     except ImportError as exc:
         raise BackendUnavailable(
-            f"ModelOpt is not installed ({exc.name}): pip install 'nvidia-modelopt[onnx]' (or this package's [build] extra) for FP16 and TensorRT INT8"
+            f"ModelOpt is not installed ({exc.name}): pip install 'dropcov-deploy[build]' (nvidia-modelopt[onnx]) for FP16 and TensorRT INT8"
         ) from None
 
 
