@@ -38,6 +38,7 @@ import numpy as np
 from dropcov_deploy.backends import DeviceTimed, Runner, open_runner
 from dropcov_deploy.errors import BackendUnavailable, InputError, first_line
 from dropcov_deploy.manifest import ONNX, TENSORRT_ENGINE, BatchRange, Manifest, artifact_kind
+from dropcov_deploy.memory import available_memory_bytes
 
 MIN_SAMPLES = 3  # every figure has at least this many samples, even past --max-time
 P99_MIN_SAMPLES = 200  # below this a p99 is one of the two largest samples: not a percentile worth printing
@@ -425,17 +426,6 @@ def _runner_subject(runner: Runner, path: Path, manifest: Manifest, device: str)
     else:
         subject.device_unavailable = f"the {runner.backend} runner cannot time its device compute alone"
     return subject
-
-
-def available_memory_bytes() -> int | None:
-    """MemAvailable from /proc/meminfo (Linux), else None (no check)."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 def batch_memory_problem(batch_size: int, image_shape: Sequence[int], available: int | None) -> str | None:

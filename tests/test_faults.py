@@ -345,3 +345,25 @@ def test_option_values_that_mean_nothing_are_refused(seeded_chain, calibration_d
     assert_one_line_error(run_cli("bench", seeded_chain["fp32"], "--max-time", "nan"), 2, "--max-time")
     assert_one_line_error(run_cli("bench", seeded_chain["fp32"], "--warmup", "inf"), 2, "--warmup")
     assert_one_line_error(run_cli("verify", "-c", seeded_chain["checkpoint"], seeded_chain["fp32"], "--random", "2", "--max-reference-mb", "-5"), 2, "--max-reference-mb")
+
+
+def test_calibration_sizes_are_checked_against_memory_first():
+    from dropcov_deploy.precision.calibration import calibration_memory_problem
+
+    assert calibration_memory_problem(1024, (3, 224, 224), 16 * 10**9) is None
+    problem = calibration_memory_problem(100_000, (3, 224, 224), 16 * 10**9)
+    assert "need about 120.4 GB" in problem and "use --calib-size 6643 or fewer" in problem
+
+
+def test_a_checkpoint_and_an_artifact_of_different_class_counts_are_refused(seeded_digits, tmp_path):
+    """This was a broadcast traceback inside the metrics."""
+    import json
+
+    checkpoint, fp32 = seeded_digits
+    other = tmp_path / "other.onnx"
+    other.write_bytes(fp32.read_bytes())
+    manifest = json.loads(sidecar_path(fp32).read_text())
+    manifest["num_classes"], manifest["class_names"] = 5, list("abcde")
+    manifest.pop("sha256")
+    sidecar_path(other).write_text(json.dumps(manifest))
+    assert_one_line_error(run_cli("verify", "-c", checkpoint, other, "--random", "2"), 2, "other.onnx: has 5 classes", "10")

@@ -17,6 +17,7 @@ import numpy as np
 from dropcov_deploy.data.preprocessing import Preprocessing
 from dropcov_deploy.errors import InputError, first_line
 from dropcov_deploy.manifest import Manifest
+from dropcov_deploy.memory import available_memory_bytes
 
 MIN_CALIBRATION_IMAGES = 8
 DEFAULT_CALIBRATION_SIZE = 512
@@ -90,6 +91,17 @@ def _from_arrays(path: Path, input_name: str) -> np.ndarray:
     return np.asarray(loaded)
 
 
+def calibration_memory_problem(count: int, image_shape: tuple[int, int, int], available: int | None) -> str | None:
+    """Why `count` preprocessed images cannot be calibrated on here (one line), or None. The set is
+    held once as float32 plus about as much again in copies (the reference pass, the quantizer's
+    reader); the calibrators themselves stream one batch at a time, so that is the part that grows."""
+    needed = 2 * count * int(np.prod(image_shape)) * 4
+    if available is not None and needed > available // 2:
+        fits = max(MIN_CALIBRATION_IMAGES, count * (available // 2) // max(needed, 1))
+        return f"{count} calibration images of {list(image_shape)} need about {needed / 1e9:.1f} GB, {available / 1e9:.1f} GB is available; use --calib-size {fits} or fewer"
+    return None
+
+
 def load_calibration(
     source: str | Path,
     manifest: Manifest,
@@ -109,6 +121,9 @@ def load_calibration(
     if source.is_dir():
         images = list_images(source)
         chosen = _subsample(len(images), size)
+        problem = calibration_memory_problem(len(chosen), spec.image_shape, available_memory_bytes())
+        if problem:
+            raise InputError(f"{source}: {problem}")
         prep = Preprocessing.from_dict(manifest.preprocessing or {})
         data = load_batch([images.paths[i] for i in chosen], prep)
         found = model_labels(images, manifest.class_names)
