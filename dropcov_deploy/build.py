@@ -240,6 +240,7 @@ def build(model: str | Path, options: BuildOptions, step: StepReporter = quiet_s
             "sha256": calibration.sha256,
             "batch": calibration.batch_size(),
             "method": options.calib_method,
+            "fingerprints": calibration.fingerprints(),  # verify counts its inputs among these (calibration_overlap)
         },
         versions=library_versions("onnx", "onnxruntime"),
         created=now_utc(),

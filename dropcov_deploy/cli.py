@@ -257,6 +257,7 @@ def verify_command(
     report: Optional[Path] = typer.Option(None, "--report", help="Write the JSON report here."),
     junit: Optional[Path] = typer.Option(None, "--junit", help="Write JUnit XML here."),
     locate: bool = typer.Option(False, "--locate", help="For a failing artifact, name the first diverging stage."),
+    strict: bool = typer.Option(False, "--strict", help="Fail an artifact that was calibrated on any of these inputs (not a held-out test)."),
     device: str = typer.Option("cpu", "--device", help="ONNX Runtime device: cpu or cuda."),
     json_out: bool = typer.Option(False, "--json", help="Print the JSON report instead of a table."),
 ) -> None:
@@ -279,6 +280,7 @@ def verify_command(
         device=device,
         save_reference=save_reference,
         max_reference_mb=max_reference_mb,
+        strict=strict,
         outputs=[report, junit],
         step=step,
     )

@@ -338,6 +338,12 @@ class Manifest:
             raise InputError(f"{path}: no dropcov-deploy manifest (sidecar .json or dropcov.* metadata); export it with `dropcov-deploy export`")
         return self.input
 
+    def calibration_fingerprints(self) -> set[str]:
+        """The fingerprints of the inputs this artifact's precision was calibrated on (empty: none recorded)."""
+        calibration = self.extra.get("calibration")
+        found = calibration.get("fingerprints") if isinstance(calibration, dict) else self.extra.get("calibration_fingerprints")
+        return {str(f) for f in found} if isinstance(found, list) else set()
+
     def require_describes(self, path: Path) -> None:
         """A sidecar that records a hash must be the one written with this file: a sidecar copied
         beside another model would make every later stage trust the wrong precision and target."""
@@ -376,5 +382,8 @@ class Manifest:
         )
         data = {"format": MANIFEST_FORMAT, "kind": TENSORRT_ENGINE, "precision": precision.value, **engine}
         data.update({k: v for k, v in carried.items() if k not in data})
+        calibration = self.extra.get("calibration")
+        if isinstance(calibration, dict) and calibration.get("fingerprints"):
+            data["calibration_fingerprints"] = calibration["fingerprints"]  # what the engine's precision was calibrated on
         data["input"] = spec.to_dict()
         return Manifest.from_dict(data)

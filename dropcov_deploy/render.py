@@ -183,10 +183,10 @@ def verify_table(report: dict[str, Any]) -> None:
     source = report["reference"].get("source", "")
     where = " from a saved reference" if source.startswith("reference file") else ""
     table = Table(title=f"verify: {report['samples']} inputs, reference {escape(str(report['reference']['arch']))} (PyTorch FP32{where})")
-    for column in ("artifact", "precision", "backend", "rel. error", "cos min", "top-1", "top-5", "non-finite", "accuracy", "gates"):
+    for column in ("artifact", "precision", "backend", "rel. error", "cos min", "top-1", "top-5", "non-finite", "accuracy", "calib. overlap", "gates"):
         table.add_column(column)
     reference_accuracy = report["reference"].get("accuracy")
-    table.add_row("PyTorch (reference)", "fp32", "torch", "-", "-", "-", "-", "-", "-" if reference_accuracy is None else f"{reference_accuracy:.4f}", "")
+    table.add_row("PyTorch (reference)", "fp32", "torch", "-", "-", "-", "-", "-", "-" if reference_accuracy is None else f"{reference_accuracy:.4f}", "-", "")
     for artifact in report["artifacts"]:
         m = artifact["metrics"]
         failed = [name for name, g in artifact["gates"].items() if g["passed"] is False]
@@ -201,6 +201,9 @@ def verify_table(report: dict[str, Any]) -> None:
             f"{m['top5_agreement']:.4f}",
             str(m["nonfinite"]),
             "-" if m["accuracy"] is None else f"{m['accuracy']:.4f}",
+            "-"
+            if artifact.get("calibration_overlap") is None
+            else (f"[yellow]{artifact['calibration_overlap']}[/]" if artifact["calibration_overlap"] else "0"),
             verdict,
         )
     out.print(table)

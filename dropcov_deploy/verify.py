@@ -45,6 +45,7 @@ class ArtifactResult:
     chain: dict[str, dict[str, Any]] = field(default_factory=dict)
     locate: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
+    calibration_overlap: int | None = None  # how many of verify's inputs this artifact was calibrated on (None: not recorded)
 
     def to_dict(self) -> dict[str, Any]:
         data = {
@@ -55,6 +56,7 @@ class ArtifactResult:
             "gates": self.gates,
             "passed": self.passed,
             "chain": self.chain,
+            "calibration_overlap": self.calibration_overlap,
         }
         if self.locate is not None:
             data["locate"] = self.locate
@@ -173,6 +175,7 @@ def verify(
     device: str = "cpu",
     save_reference: Path | None = None,
     max_reference_mb: float = DEFAULT_MAX_INPUT_MB,
+    strict: bool = False,
     outputs: Sequence[Path | None] = (),
     step: StepReporter = quiet_step,
 ) -> VerifyReport:
@@ -249,6 +252,9 @@ def verify(
             backends[path] = runner.backend
             runner_warnings[path] = list(getattr(runner, "warnings", None) or [])  # e.g. an engine built on another GPU of its compute capability
 
+    from dropcov_deploy.precision.calibration import input_fingerprints
+
+    fingerprints = input_fingerprints(batch)
     kinds = {path: artifact_kind(path) for path in paths}
     fp32_onnx = next((p for p in paths if kinds[p] == ONNX and manifests_by_path[p].precision is Precision.FP32), None)
     by_sha = {manifests_by_path[p].sha256: p for p in paths if kinds[p] == ONNX and manifests_by_path[p].sha256}
@@ -265,8 +271,19 @@ def verify(
             if source is not None:
                 chain["engine (vs its precision ONNX)"] = _brief(compare(outputs_by_path[path], outputs_by_path[source], labels))
         evaluated = gate_rules.evaluate(metrics, gates.get(precision, gates[Precision.FP32]))
+        calibrated_on = manifest.calibration_fingerprints()
+        overlap = sum(f in calibrated_on for f in fingerprints) if calibrated_on else None
+        if overlap:
+            if strict:
+                evaluated["calibration_overlap"] = {"max": 0, "value": overlap, "passed": False}
+            else:
+                runner_warnings[path].append(
+                    f"{overlap} of the {len(batch)} inputs were calibration inputs of this artifact: its figures are not held-out (--strict fails this)"
+                )
         passed = all(g["passed"] is not False for g in evaluated.values())
-        result = ArtifactResult(path, backends[path], precision.value, metrics, evaluated, passed, chain, warnings=runner_warnings[path])
+        result = ArtifactResult(
+            path, backends[path], precision.value, metrics, evaluated, passed, chain, warnings=runner_warnings[path], calibration_overlap=overlap
+        )
         if locate and not passed:
             if ref.model is None:
                 result.locate = {"supported": False, "why": "locating a stage needs the PyTorch model: run verify --checkpoint where PyTorch is installed"}

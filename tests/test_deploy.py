@@ -358,3 +358,26 @@ def test_a_reference_is_tied_by_the_files_real_hash_not_its_manifests_claim(save
     sidecar_path(lie).write_text(json.dumps(manifest))
     no_source = _edited(saved_reference["ref"], tmp_path, "r.npz", lambda m: m.update(artifacts={"model.onnx": manifest["sha256"]}))
     assert_one_line_error(run_cli("verify", "--reference", no_source, lie), 2, "cannot be tied to this artifact")
+
+
+# ------------------------------------------------------------------ calibration overlap (a leak, not a held-out test)
+
+
+def test_verify_counts_the_inputs_an_artifact_was_calibrated_on(seeded_chain, calibration_dir, tmp_path):
+    """The INT8 build recorded a fingerprint of each of its 16 calibration inputs; verify on the
+    whole folder finds exactly those 16, says so, and --strict fails the artifact; on other
+    images the overlap is 0."""
+    int8, fp32, checkpoint = seeded_chain["int8"], seeded_chain["fp32"], seeded_chain["checkpoint"]
+    recorded = Manifest.read(int8).calibration_fingerprints()
+    assert len(recorded) == 16
+    report = tmp_path / "v.json"
+    result = run_cli("verify", "-c", checkpoint, fp32, int8, "--data", calibration_dir, "--report", report)
+    assert result.returncode in (0, 1), result.stderr  # the untrained model's gates are not the point here
+    artifacts = {a["precision"]: a for a in json.loads(report.read_text())["artifacts"]}
+    assert artifacts["int8"]["calibration_overlap"] == 16 and artifacts["fp32"]["calibration_overlap"] is None
+    assert any("16 of the 300 inputs were calibration inputs" in w for w in artifacts["int8"]["warnings"])
+    strict = run_cli("verify", "-c", checkpoint, int8, "--data", calibration_dir, "--strict", "--report", report)
+    assert strict.returncode == 1 and "calibration_overlap" in strict.stderr
+    assert json.loads(report.read_text())["artifacts"][0]["gates"]["calibration_overlap"] == {"max": 0, "value": 16, "passed": False}
+    held_out = run_cli("verify", "-c", checkpoint, int8, "--random", "8", "--strict", "--report", report)
+    assert json.loads(report.read_text())["artifacts"][0]["calibration_overlap"] == 0 and "calibration_overlap" not in held_out.stderr

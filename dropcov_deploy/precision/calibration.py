@@ -24,6 +24,17 @@ DEFAULT_CALIBRATION_SIZE = 512
 CALIBRATION_BATCH = 16  # independent of the engine's deploy batch
 
 
+FINGERPRINT_HEX = 16  # 64 bits of SHA-256 per input: no accidental match among millions
+
+
+def input_fingerprints(inputs: np.ndarray) -> list[str]:
+    """A short hash of each preprocessed input's float32 bytes. The same image preprocessed the same
+    way has the same fingerprint, so a precision artifact's manifest can list what it was calibrated
+    on and verify can count how many of its own inputs are among them (a leak, not a held-out test)."""
+    data = np.ascontiguousarray(inputs, dtype=np.float32)
+    return [hashlib.sha256(row.tobytes()).hexdigest()[:FINGERPRINT_HEX] for row in data]
+
+
 @dataclass
 class CalibrationSet:
     """Preprocessed calibration inputs (N, 3, H, W) float32, with labels when known."""
@@ -35,6 +46,10 @@ class CalibrationSet:
 
     def __len__(self) -> int:
         return int(self.data.shape[0])
+
+    def fingerprints(self) -> list[str]:
+        """One fingerprint per calibration input (`input_fingerprints`): what verify matches its own inputs against."""
+        return input_fingerprints(self.data)
 
     def batch_size(self, limit: int = CALIBRATION_BATCH) -> int:
         """The largest batch up to `limit` that divides the set: histogram calibrators need equal batches."""
