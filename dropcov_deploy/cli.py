@@ -257,6 +257,9 @@ def verify_command(
     report: Optional[Path] = typer.Option(None, "--report", help="Write the JSON report here."),
     junit: Optional[Path] = typer.Option(None, "--junit", help="Write JUnit XML here."),
     locate: bool = typer.Option(False, "--locate", help="For a failing artifact, name the first diverging stage."),
+    gate_mode: str = typer.Option(
+        "point", "--gate-mode", help="point: the figure decides (an undecided 95% interval is warned); confident: the interval must clear the gate."
+    ),
     strict: bool = typer.Option(False, "--strict", help="Fail an artifact that was calibrated on any of these inputs (not a held-out test)."),
     device: str = typer.Option("cpu", "--device", help="ONNX Runtime device: cpu or cuda."),
     json_out: bool = typer.Option(False, "--json", help="Print the JSON report instead of a table."),
@@ -281,6 +284,7 @@ def verify_command(
         save_reference=save_reference,
         max_reference_mb=max_reference_mb,
         strict=strict,
+        gate_mode=gate_mode,
         outputs=[report, junit],
         step=step,
     )

@@ -100,8 +100,22 @@ def with_overrides(gates: dict[str, dict[str, dict[str, float]]], overrides: dic
     return merged
 
 
-def evaluate(metrics: dict[str, Any], gates: dict[str, dict[str, float]]) -> dict[str, dict[str, Any]]:
-    """Each gate: the bound, the value, passed (None when the metric does not apply, e.g. no labels)."""
+GATE_MODES = ("point", "confident")
+
+
+def evaluate(
+    metrics: dict[str, Any], gates: dict[str, dict[str, float]], intervals: dict[str, Any] | None = None, mode: str = "point"
+) -> dict[str, dict[str, Any]]:
+    """Each gate: the bound, the value, passed (None when the metric does not apply, e.g. no labels).
+
+    Where the metric has a 95% interval (`stats.intervals`), the gate also records it and its
+    `decision` on the whole interval (pass, fail, undecided). In "point" mode the value decides
+    and an undecided interval is flagged with about how many samples would decide it; in
+    "confident" mode the interval decides (undecided fails: the sample cannot show the gate holds)."""
+    from dropcov_deploy.stats import decide, drop_samples_needed, samples_needed
+
+    if mode not in GATE_MODES:
+        raise InputError(f"--gate-mode {mode!r}: use {' or '.join(GATE_MODES)}")
     results = {}
     for metric, bound in gates.items():
         value = metrics.get(metric)
@@ -109,5 +123,18 @@ def evaluate(metrics: dict[str, Any], gates: dict[str, dict[str, float]]) -> dic
             results[metric] = {**bound, "value": None, "passed": None}
             continue
         passed = ("min" not in bound or value >= bound["min"]) and ("max" not in bound or value <= bound["max"])
-        results[metric] = {**bound, "value": value, "passed": bool(passed)}
+        result: dict[str, Any] = {**bound, "value": value, "passed": bool(passed)}
+        interval = (intervals or {}).get(metric)
+        if interval is not None:
+            decision = decide((float(interval[0]), float(interval[1])), bound)
+            result.update(interval=list(interval), decision=decision)
+            if mode == "confident":
+                result["passed"] = bool(passed) and decision == "pass"
+            if decision == "undecided":
+                edge = bound.get("min", bound.get("max", 0.0))
+                if metric == "accuracy_drop":
+                    result["samples_needed"] = drop_samples_needed(value, edge, float((intervals or {}).get("discordant_rate", 0.0)))
+                else:
+                    result["samples_needed"] = samples_needed(value, edge)
+        results[metric] = result
     return results

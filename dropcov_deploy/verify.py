@@ -26,6 +26,7 @@ from dropcov_deploy.manifest import ONNX, TENSORRT_ENGINE, Manifest, artifact_ki
 from dropcov_deploy.metrics import compare
 from dropcov_deploy.precision import Precision
 from dropcov_deploy.reference import DEFAULT_MAX_INPUT_MB, REFERENCE_FORMAT, Reference, image_files_record, load_reference
+from dropcov_deploy.stats import intervals
 from dropcov_deploy.steps import StepReporter, quiet_step
 
 STAGES = ("backbone", "reduced", "covariance", "logits")
@@ -46,6 +47,7 @@ class ArtifactResult:
     locate: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
     calibration_overlap: int | None = None  # how many of verify's inputs this artifact was calibrated on (None: not recorded)
+    intervals: dict[str, Any] = field(default_factory=dict)  # 95% intervals of the agreement and accuracy figures (stats.intervals)
 
     def to_dict(self) -> dict[str, Any]:
         data = {
@@ -57,6 +59,7 @@ class ArtifactResult:
             "passed": self.passed,
             "chain": self.chain,
             "calibration_overlap": self.calibration_overlap,
+            "intervals": self.intervals,
         }
         if self.locate is not None:
             data["locate"] = self.locate
@@ -176,6 +179,7 @@ def verify(
     save_reference: Path | None = None,
     max_reference_mb: float = DEFAULT_MAX_INPUT_MB,
     strict: bool = False,
+    gate_mode: str = "point",
     outputs: Sequence[Path | None] = (),
     step: StepReporter = quiet_step,
 ) -> VerifyReport:
@@ -195,6 +199,8 @@ def verify(
         raise InputError("name at least one artifact to verify")
     if batch_size < 1:
         raise InputError(f"--batch-size {batch_size}: must be positive")
+    if gate_mode not in gate_rules.GATE_MODES:
+        raise InputError(f"--gate-mode {gate_mode!r}: use {' or '.join(gate_rules.GATE_MODES)}")
     if not 0 <= max_reference_mb < float("inf"):
         raise InputError(f"--max-reference-mb {max_reference_mb}: must be a number of MB, 0 or more")
     paths = [Path(a) for a in artifacts]
@@ -270,7 +276,17 @@ def verify(
             source = by_sha.get(manifest.get("onnx_sha256") or "")
             if source is not None:
                 chain["engine (vs its precision ONNX)"] = _brief(compare(outputs_by_path[path], outputs_by_path[source], labels))
-        evaluated = gate_rules.evaluate(metrics, gates.get(precision, gates[Precision.FP32]))
+        spread = intervals(outputs_by_path[path], expected, labels)
+        evaluated = gate_rules.evaluate(metrics, gates.get(precision, gates[Precision.FP32]), spread, gate_mode)
+        undecided = [
+            f"{name} {g['value']:.4g} vs {'>=' if 'min' in g else '<='} {g.get('min', g.get('max'))}"
+            for name, g in evaluated.items()
+            if g.get("decision") == "undecided"
+        ]
+        if undecided:
+            runner_warnings[path].append(
+                f"{len(batch)} samples cannot decide {', '.join(undecided)}: the 95% interval straddles the bound ({gate_mode} mode; see samples_needed)"
+            )
         calibrated_on = manifest.calibration_fingerprints()
         overlap = sum(f in calibrated_on for f in fingerprints) if calibrated_on else None
         if overlap:
@@ -282,7 +298,16 @@ def verify(
                 )
         passed = all(g["passed"] is not False for g in evaluated.values())
         result = ArtifactResult(
-            path, backends[path], precision.value, metrics, evaluated, passed, chain, warnings=runner_warnings[path], calibration_overlap=overlap
+            path,
+            backends[path],
+            precision.value,
+            metrics,
+            evaluated,
+            passed,
+            chain,
+            warnings=runner_warnings[path],
+            calibration_overlap=overlap,
+            intervals=spread,
         )
         if locate and not passed:
             if ref.model is None:

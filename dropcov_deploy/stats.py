@@ -1,0 +1,142 @@
+"""How much a sample can tell: exact intervals for the figures verify gates on.
+
+On 300 images one changed prediction moves accuracy by 0.33 points, so a point estimate
+against a 0.1-point gate cannot tell a regression from chance. Each agreement or accuracy
+figure (k of n) gets an exact Clopper-Pearson interval; an accuracy *drop* is paired (the
+same images through both models), so its interval comes from the discordant pairs alone:
+given d images where exactly one of the two is right, the number where only the reference
+is right is Binomial(d, p) and drop = d/n * (2p - 1) (the exact conditional interval that
+McNemar's test rests on). numpy and math only: verify runs on the device.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+CONFIDENCE = 0.95
+Z95 = 1.959963984540054
+
+
+def _log_binom_pmf(k: np.ndarray, n: int, p: float) -> np.ndarray:
+    if p <= 0.0:
+        return np.where(k == 0, 0.0, -np.inf)
+    if p >= 1.0:
+        return np.where(k == n, 0.0, -np.inf)
+    log_choose = math.lgamma(n + 1) - np.vectorize(math.lgamma)(k + 1) - np.vectorize(math.lgamma)(n - k + 1)
+    return log_choose + k * math.log(p) + (n - k) * math.log1p(-p)
+
+
+def _tail_at_least(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p)."""
+    if k <= 0:
+        return 1.0
+    ks = np.arange(k, n + 1)
+    return float(np.exp(_log_binom_pmf(ks, n, p)).sum())
+
+
+def _tail_at_most(k: int, n: int, p: float) -> float:
+    """P(X <= k) for X ~ Binomial(n, p)."""
+    if k >= n:
+        return 1.0
+    ks = np.arange(0, k + 1)
+    return float(np.exp(_log_binom_pmf(ks, n, p)).sum())
+
+
+def _solve(f, target: float) -> float:
+    """The p in [0, 1] where the monotone f(p) crosses `target` (bisection, 1e-12)."""
+    low, high = 0.0, 1.0
+    increasing = f(1.0) > f(0.0)
+    for _ in range(60):
+        middle = (low + high) / 2
+        if (f(middle) < target) == increasing:
+            low = middle
+        else:
+            high = middle
+    return (low + high) / 2
+
+
+def binomial_interval(k: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Clopper-Pearson (exact) interval for a proportion k/n."""
+    if n <= 0:
+        return 0.0, 1.0
+    alpha = 1 - confidence
+    low = 0.0 if k == 0 else _solve(lambda p: _tail_at_least(k, n, p), alpha / 2)
+    high = 1.0 if k == n else _solve(lambda p: _tail_at_most(k, n, p), alpha / 2)
+    return low, high
+
+
+def paired_drop_interval(reference_right: np.ndarray, artifact_right: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Interval for accuracy(reference) - accuracy(artifact) on the same n images, from the
+    discordant pairs (exact, conditional on their number). With none, the drop is within
+    +-(the upper bound of a 0-of-n discordance rate)."""
+    reference_right, artifact_right = np.asarray(reference_right, bool), np.asarray(artifact_right, bool)
+    n = len(reference_right)
+    only_reference = int((reference_right & ~artifact_right).sum())
+    only_artifact = int((~reference_right & artifact_right).sum())
+    discordant = only_reference + only_artifact
+    if discordant == 0:
+        bound = binomial_interval(0, n, confidence)[1]
+        return -bound, bound
+    low, high = binomial_interval(only_reference, discordant, confidence)
+    scale = discordant / n
+    return scale * (2 * low - 1), scale * (2 * high - 1)
+
+
+def samples_needed(value: float, bound: float) -> int | None:
+    """About how many samples would make a 95% interval around a proportion `value` clear `bound`
+    (normal approximation); None when the value sits on the bound (no sample size decides it)."""
+    gap = abs(value - bound)
+    if gap == 0:
+        return None
+    variance = max(value * (1 - value), 1e-4)
+    return int(math.ceil(Z95**2 * variance / gap**2))
+
+
+def decide(interval: tuple[float, float], bound: dict[str, float]) -> str:
+    """'pass' when the whole interval meets the bound, 'fail' when none of it does, else 'undecided'."""
+    low, high = interval
+    verdicts = []
+    if "min" in bound:
+        verdicts.append("pass" if low >= bound["min"] else "fail" if high < bound["min"] else "undecided")
+    if "max" in bound:
+        verdicts.append("pass" if high <= bound["max"] else "fail" if low > bound["max"] else "undecided")
+    if "fail" in verdicts:
+        return "fail"
+    return "undecided" if "undecided" in verdicts else "pass"
+
+
+def intervals(logits: np.ndarray, reference: np.ndarray, labels: np.ndarray | None, confidence: float = CONFIDENCE) -> dict[str, Any]:
+    """95% intervals for top-1/top-5 agreement, accuracy, the reference's accuracy and the paired
+    accuracy drop (the same finite-value handling as `metrics.compare`)."""
+    logits, reference = np.asarray(logits, np.float64), np.asarray(reference, np.float64)
+    finite = np.isfinite(logits) & np.isfinite(reference)
+    safe, reference = np.where(finite, logits, 0.0), np.where(finite, reference, 0.0)
+    n = len(safe)
+    ref_top1 = reference.argmax(axis=1)
+    agree = safe.argmax(axis=1) == ref_top1
+    top5 = (np.argsort(-safe, axis=1)[:, : min(5, safe.shape[1])] == ref_top1[:, None]).any(axis=1)
+    found: dict[str, Any] = {
+        "confidence": confidence,
+        "samples": n,
+        "top1_agreement": list(binomial_interval(int(agree.sum()), n, confidence)),
+        "top5_agreement": list(binomial_interval(int(top5.sum()), n, confidence)),
+    }
+    if labels is not None:
+        artifact_right, reference_right = safe.argmax(axis=1) == labels, ref_top1 == labels
+        found["accuracy"] = list(binomial_interval(int(artifact_right.sum()), n, confidence))
+        found["reference_accuracy"] = list(binomial_interval(int(reference_right.sum()), n, confidence))
+        found["accuracy_drop"] = list(paired_drop_interval(reference_right, artifact_right, confidence))
+        found["discordant_rate"] = float((reference_right != artifact_right).mean())
+    return found
+
+
+def drop_samples_needed(drop: float, bound: float, discordant_rate: float) -> int | None:
+    """About how many paired samples would make the drop's 95% interval clear `bound`: the drop's
+    variance per sample is at most the discordance rate (normal approximation)."""
+    gap = abs(bound - drop)
+    if gap == 0:
+        return None
+    return int(math.ceil(Z95**2 * max(discordant_rate, 1e-4) / gap**2))

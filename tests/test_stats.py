@@ -1,0 +1,75 @@
+"""Gates that know how much their sample can tell (issue 14 item 3)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dropcov_deploy.gates import DEFAULT_GATES, evaluate
+from dropcov_deploy.metrics import compare
+from dropcov_deploy.stats import binomial_interval, decide, intervals, paired_drop_interval
+
+
+@pytest.mark.parametrize(("k", "n"), [(0, 300), (1, 300), (150, 300), (299, 300), (300, 300), (7, 20), (49_900, 50_000)])
+def test_clopper_pearson_matches_the_beta_quantiles(k, n):
+    beta = pytest.importorskip("scipy.stats").beta
+    low, high = binomial_interval(k, n)
+    assert low == pytest.approx(0.0 if k == 0 else beta.ppf(0.025, k, n - k + 1), abs=1e-9)
+    assert high == pytest.approx(1.0 if k == n else beta.ppf(0.975, k + 1, n - k), abs=1e-9)
+
+
+def test_the_paired_drop_interval_comes_from_the_discordant_pairs():
+    right = np.ones(300, bool)
+    one_worse = right.copy()
+    one_worse[0] = False
+    low, high = paired_drop_interval(right, one_worse)
+    assert high == pytest.approx(1 / 300) and low == pytest.approx((1 / 300) * (2 * 0.025 - 1), abs=1e-9)
+    gained = ~one_worse  # the artifact right exactly where the reference is wrong: 300 discordant, drop -1
+    assert paired_drop_interval(~right | ~one_worse, gained)[0] < 0
+    assert paired_drop_interval(right, right)[1] == pytest.approx(binomial_interval(0, 300)[1])  # no discordance: +- the 0-of-300 bound
+
+
+def _one_prediction_apart(n=300, classes=10):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, classes, n)
+    reference = np.eye(classes)[labels] * 5 + rng.normal(0, 0.1, (n, classes))
+    artifact = reference.copy()
+    artifact[0] = np.roll(artifact[0], 1)  # one prediction changed: right -> wrong
+    return artifact, reference, labels
+
+
+def test_one_prediction_in_300_is_undecidable_for_the_fp16_gate_and_fails_when_confident():
+    artifact, reference, labels = _one_prediction_apart()
+    metrics, spread = compare(artifact, reference, labels), intervals(artifact, reference, labels)
+    assert metrics["accuracy_drop"] == pytest.approx(1 / 300) and metrics["top1_agreement"] == pytest.approx(299 / 300)
+    point = evaluate(metrics, DEFAULT_GATES["fp16"], spread, "point")
+    assert point["accuracy_drop"]["passed"] is False and point["accuracy_drop"]["decision"] == "undecided"
+    assert point["accuracy_drop"]["samples_needed"] > 300
+    assert point["top1_agreement"]["passed"] is True and point["top1_agreement"]["decision"] == "undecided"  # 0.9967 >= 0.995, by luck or not
+    confident = evaluate(metrics, DEFAULT_GATES["fp16"], spread, "confident")
+    assert confident["accuracy_drop"]["passed"] is False and confident["top1_agreement"]["passed"] is False
+
+
+def test_a_large_clean_sample_decides():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 10, 20_000)
+    reference = np.eye(10)[labels] * 5
+    metrics, spread = compare(reference, reference, labels), intervals(reference, reference, labels)
+    gates = evaluate(metrics, DEFAULT_GATES["int8"], spread, "confident")
+    assert all(g["passed"] for g in gates.values()) and {g.get("decision") for g in gates.values()} <= {"pass", None}
+    assert decide((0.2, 0.3), {"max": 0.1}) == "fail" and decide((0.0, 0.05), {"max": 0.1}) == "pass"
+
+
+def test_verify_reports_intervals_and_takes_the_gate_mode(seeded_chain, tmp_path):
+    import json
+
+    from cli_helpers import assert_one_line_error, run_cli
+
+    report = tmp_path / "v.json"
+    result = run_cli("verify", "-c", seeded_chain["checkpoint"], seeded_chain["int8"], "--random", "40", "--gate-mode", "confident", "--report", report)
+    assert result.returncode in (0, 1), result.stderr
+    artifact = json.loads(report.read_text())["artifacts"][0]
+    low, high = artifact["intervals"]["top1_agreement"]
+    assert artifact["intervals"]["samples"] == 40 and low <= artifact["metrics"]["top1_agreement"] <= high
+    assert artifact["gates"]["top1_agreement"]["interval"] == [low, high]
+    assert_one_line_error(run_cli("verify", "-c", seeded_chain["checkpoint"], seeded_chain["int8"], "--random", "4", "--gate-mode", "sure"), 2, "--gate-mode")
