@@ -153,16 +153,16 @@ class _PreprocessedImages:
         return torch.from_numpy(array), int(self.set.labels[index])
 
 
-def check_class_folders(split: Path) -> None:
+def check_class_folders(split: Path, allow_empty: bool = False) -> None:
     """A training split needs at least two classes and an image in every class folder: one class
-    trains to a meaningless "accuracy 1.000", an empty folder shifts torchvision's labels or crashes it."""
+    trains to a meaningless "accuracy 1.000", an empty folder crashes torchvision's ImageFolder."""
     from dropcov_deploy.data.images import IMAGE_SUFFIXES
 
     folders = sorted(p for p in split.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(folders) < 2:
         raise InputError(f"{split}: {len(folders)} class folder(s); a classifier needs at least two (one sub-folder per class)")
     empty = [f.name for f in folders if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in f.rglob("*") if p.is_file())]
-    if empty:
+    if empty and not allow_empty:
         raise InputError(f"{split}: class folder(s) {empty[:5]} hold no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...)")
 
 
@@ -174,7 +174,7 @@ def _folder_data(root: Path, image_size: int | None) -> _Data:
     for split in ("train", "val"):
         if not (root / split).is_dir():
             raise InputError(f"{root}: expected an ImageFolder tree with {split}/ inside (torchvision's layout)")
-        check_class_folders(root / split)
+        check_class_folders(root / split, allow_empty=split == "val")  # an empty val class keeps the labels aligned; torchvision refuses an empty train one
     size = image_size or 224
     prep = Preprocessing.imagenet(size)
     val_set = list_images(root / "val")
