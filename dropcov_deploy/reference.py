@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from dropcov_deploy.data.images import InputSet
 from dropcov_deploy.errors import InputError, first_line
 from dropcov_deploy.manifest import Manifest, now_utc, sha256_file
 
@@ -44,7 +45,7 @@ class Reference:
     artifacts {file name: sha256} given when it was saved, and how the inputs are stored
     (`inputs_stored`: "arrays", "files" or "random")."""
 
-    inputs: np.ndarray
+    inputs: InputSet
     logits: np.ndarray
     labels: np.ndarray | None
     meta: dict[str, Any]
@@ -101,11 +102,11 @@ class Reference:
         arrays: dict[str, np.ndarray] = {"logits": np.asarray(self.logits, dtype=np.float32)}
         if self.labels is not None:
             arrays["labels"] = np.asarray(self.labels, dtype=np.int64)
-        megabytes = self.inputs.nbytes / 1e6
+        megabytes = self.inputs.nbytes() / 1e6
         if meta.get("random") is not None:
             meta["inputs_stored"] = "random"  # regenerated from the seed: nothing to store
         elif megabytes <= max_input_mb or not self.files:
-            arrays["inputs"] = np.ascontiguousarray(self.inputs, dtype=np.float32)
+            arrays["inputs"] = np.ascontiguousarray(self.inputs.materialize(), dtype=np.float32)
             meta["inputs_stored"] = "arrays"
         else:
             meta["inputs_stored"] = "files"
@@ -202,23 +203,26 @@ def load_reference(path: Path, data: Path | None = None) -> Reference:
     shape = tuple(meta["input_shape"])
     if data is not None and stored != "files":
         raise InputError(f"--data {data}: the reference {path} holds its inputs; give --data only for a reference that lists image files")
+    if not np.isfinite(logits).all():
+        raise InputError(f"{path}: holds NaN or Inf in its logits; a reference must be finite")
     if stored == "arrays":
-        inputs = contents.get("inputs")
-        if inputs is None or inputs.shape != (len(logits), *shape) or not np.issubdtype(inputs.dtype, np.floating):
+        arrays = contents.get("inputs")
+        if arrays is None or arrays.shape != (len(logits), *shape) or not np.issubdtype(arrays.dtype, np.floating):
             raise InputError(f"{path}: its inputs do not match its logits and input shape")
+        if not np.isfinite(arrays).all():
+            raise InputError(f"{path}: holds NaN or Inf in its inputs; a reference must be finite")
+        inputs = InputSet(arrays=arrays)
     elif stored == "random":
-        inputs = random_inputs(len(logits), shape)  # type: ignore[arg-type]
+        inputs = InputSet(arrays=random_inputs(len(logits), shape))  # type: ignore[arg-type]
     else:
         inputs = _inputs_from_files(path, meta, data, len(logits))
-        if inputs.shape[1:] != shape:
-            raise InputError(f"{path}: its preprocessing gives {list(inputs.shape[1:])} inputs, its input_shape says {list(shape)}")
-    if not np.isfinite(logits).all() or not np.isfinite(inputs).all():
-        raise InputError(f"{path}: holds NaN or Inf in its {'logits' if not np.isfinite(logits).all() else 'inputs'}; a reference must be finite")
+        first = inputs.head(1)
+        if first.shape[1:] != shape:
+            raise InputError(f"{path}: its preprocessing gives {list(first.shape[1:])} inputs, its input_shape says {list(shape)}")
     return Reference(inputs=inputs, logits=logits, labels=labels, meta=meta, path=path, files=meta.get("files") or [])
 
 
-def _inputs_from_files(path: Path, meta: dict[str, Any], data: Path | None, count: int) -> np.ndarray:
-    from dropcov_deploy.data.images import load_batch
+def _inputs_from_files(path: Path, meta: dict[str, Any], data: Path | None, count: int) -> InputSet:
     from dropcov_deploy.data.preprocessing import Preprocessing
 
     files = meta.get("files") or []
@@ -234,4 +238,4 @@ def _inputs_from_files(path: Path, meta: dict[str, Any], data: Path | None, coun
         if sha256_file(image) != entry["sha256"]:
             raise InputError(f"{image}: changed since the reference {path.name} was saved (SHA-256 differs)")
         paths.append(image)
-    return load_batch(paths, Preprocessing.from_dict(meta["preprocessing"]))
+    return InputSet(paths=paths, prep=Preprocessing.from_dict(meta["preprocessing"]))  # decoded a chunk at a time

@@ -21,6 +21,7 @@ from dropcov_deploy import gates as gate_rules
 from dropcov_deploy import head_graph, onnx_io
 from dropcov_deploy.atomic import spare_inputs
 from dropcov_deploy.backends import open_runner, run_batched
+from dropcov_deploy.data.images import InputSet
 from dropcov_deploy.errors import InputError
 from dropcov_deploy.manifest import ONNX, TENSORRT_ENGINE, Manifest, artifact_kind, library_versions, sha256_file
 from dropcov_deploy.metrics import compare
@@ -89,10 +90,8 @@ class VerifyReport:
         }
 
 
-def _inputs(
-    data: Path | None, random: int | None, class_names: list[str] | None, prep, image_size: int
-) -> tuple[np.ndarray, np.ndarray | None, str, list[Path]]:
-    from dropcov_deploy.data.images import list_images, load_batch, model_labels
+def _inputs(data: Path | None, random: int | None, class_names: list[str] | None, prep, image_size: int) -> tuple[InputSet, np.ndarray | None, str, list[Path]]:
+    from dropcov_deploy.data.images import list_images, model_labels
     from dropcov_deploy.reference import random_inputs
 
     if (data is None) == (random is None):
@@ -100,12 +99,12 @@ def _inputs(
     if random is not None:
         if random < 1:
             raise InputError(f"--random {random}: need at least one input")
-        return random_inputs(random, (3, image_size, image_size)), None, f"{random} seeded random inputs", []
+        return InputSet(arrays=random_inputs(random, (3, image_size, image_size))), None, f"{random} seeded random inputs", []
     assert data is not None  # exactly one of data/random, checked above
     images = list_images(data)
-    batch = load_batch(images.paths, prep)
     labels = model_labels(images, class_names)
-    return batch, labels, f"{len(batch)} images from {data}" + (" (labelled)" if labels is not None else ""), images.paths
+    described = f"{len(images)} images from {data}" + (" (labelled)" if labels is not None else "")
+    return InputSet(paths=images.paths, prep=prep), labels, described, images.paths
 
 
 def _check_fits(path: Path, manifest: Manifest, image_size: int) -> None:
@@ -137,9 +136,11 @@ def torch_reference(
         _check_fits(path, manifest, prep.crop)
         if manifest.num_classes is not None and manifest.num_classes != info.num_classes:
             raise InputError(f"{path}: has {manifest.num_classes} classes, the checkpoint {checkpoint} {info.num_classes}; not the same model")
-    batch, labels, described, image_paths = _inputs(data, random, info.class_names, prep, prep.crop)
+    inputs, labels, described, image_paths = _inputs(data, random, info.class_names, prep, prep.crop)
     with step(f"PyTorch reference on {described}"), torch.no_grad():
-        logits = np.concatenate([loaded.model(torch.from_numpy(batch[i : i + batch_size])).numpy() for i in range(0, len(batch), batch_size)])
+        logits = np.concatenate(
+            [loaded.model(torch.from_numpy(chunk[i : i + batch_size])).numpy() for chunk in inputs.chunks() for i in range(0, len(chunk), batch_size)]
+        )
     if not np.isfinite(logits).all():
         raise InputError(
             f"{checkpoint}: PyTorch gives NaN or Inf on {int((~np.isfinite(logits)).any(axis=1).sum())} of {described}; no reference to compare against"
@@ -162,7 +163,7 @@ def torch_reference(
     if labels is not None:
         meta["accuracy"] = float((logits.argmax(1) == labels).mean())
     files = image_files_record(image_paths, Path(data)) if data is not None else []
-    return Reference(inputs=batch, logits=logits, labels=labels, meta=meta, model=loaded.model, files=files)
+    return Reference(inputs=inputs, logits=logits, labels=labels, meta=meta, model=loaded.model, files=files)
 
 
 def verify(
@@ -254,13 +255,13 @@ def verify(
     runner_warnings: dict[Path, list[str]] = {}
     for path in paths:
         with step(f"running {path.name}"), open_runner(path, device) as runner:
-            outputs_by_path[path] = run_batched(runner, batch, manifests_by_path[path].batch, batch_size)
+            outputs_by_path[path] = np.concatenate([run_batched(runner, chunk, manifests_by_path[path].batch, batch_size) for chunk in batch.chunks()])
             backends[path] = runner.backend
             runner_warnings[path] = list(getattr(runner, "warnings", None) or [])  # e.g. an engine built on another GPU of its compute capability
 
     from dropcov_deploy.precision.calibration import input_fingerprints
 
-    fingerprints = input_fingerprints(batch)
+    fingerprints = [f for chunk in batch.chunks() for f in input_fingerprints(chunk)]
     kinds = {path: artifact_kind(path) for path in paths}
     fp32_onnx = next((p for p in paths if kinds[p] == ONNX and manifests_by_path[p].precision is Precision.FP32), None)
     by_sha = {manifests_by_path[p].sha256: p for p in paths if kinds[p] == ONNX and manifests_by_path[p].sha256}
@@ -314,7 +315,7 @@ def verify(
                 result.locate = {"supported": False, "why": "locating a stage needs the PyTorch model: run verify --checkpoint where PyTorch is installed"}
             else:
                 with step(f"locating the first diverging stage of {path.name}"):
-                    result.locate = locate_divergence(ref.model, path, batch[: min(len(batch), 16)], precision)
+                    result.locate = locate_divergence(ref.model, path, batch.head(16), precision)
         results.append(result)
     return VerifyReport(samples=len(batch), reference=reference_summary, artifacts=results, seconds=time.perf_counter() - started)
 

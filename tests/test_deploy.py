@@ -168,7 +168,7 @@ def saved_reference(seeded_chain, calibration_dir, tmp_path_factory):
 
 def test_reference_holds_inputs_logits_and_what_it_belongs_to(saved_reference, seeded_chain):
     ref = load_reference(saved_reference["ref"])
-    assert ref.inputs.shape == (40, 3, 32, 32) and ref.logits.shape == (40, 10) and ref.labels is None
+    assert ref.inputs.materialize().shape == (40, 3, 32, 32) and ref.logits.shape == (40, 10) and ref.labels is None
     assert ref.meta["inputs_stored"] == "arrays" and ref.meta["class_names"] == [str(i) for i in range(10)]
     source = Manifest.read(seeded_chain["fp32"]).get("source")
     assert ref.checkpoint_sha256 == source["sha256"]
@@ -381,3 +381,48 @@ def test_verify_counts_the_inputs_an_artifact_was_calibrated_on(seeded_chain, ca
     assert json.loads(report.read_text())["artifacts"][0]["gates"]["calibration_overlap"] == {"max": 0, "value": 16, "passed": False}
     held_out = run_cli("verify", "-c", checkpoint, int8, "--random", "8", "--strict", "--report", report)
     assert json.loads(report.read_text())["artifacts"][0]["calibration_overlap"] == 0 and "calibration_overlap" not in held_out.stderr
+
+
+# ------------------------------------------------------------------ verify streams its inputs
+
+
+@pytest.mark.slow
+def test_verify_on_20000_images_keeps_memory_bounded(seeded_chain, tmp_path):
+    """verify decodes its image folder a chunk at a time: on 20,000 images (the bundled digits,
+    shifted copies, written once here) its peak memory stays within 0.15 GiB of the same run on 300."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from dropcov_deploy.data import digits
+
+    splits = digits.load_splits()
+    images = np.concatenate([splits[k].images for k in ("train", "val", "calibration")])
+    labels = np.concatenate([splits[k].labels for k in ("train", "val", "calibration")])
+    big, small = tmp_path / "big", tmp_path / "small"
+    for c in range(10):
+        (big / str(c)).mkdir(parents=True)
+        (small / str(c)).mkdir(parents=True)
+    for i in range(20_000):
+        image = np.roll(images[i % len(images)], i // len(images) % 3 - 1, axis=1)
+        Image.fromarray(image, mode="L").save(big / str(labels[i % len(images)]) / f"{i:05d}.png")
+        if i < 300:
+            Image.fromarray(image, mode="L").save(small / str(labels[i % len(images)]) / f"{i:05d}.png")
+
+    def peak_gib(folder):
+        wrapper = (
+            "import resource, subprocess, sys; "
+            f"r = subprocess.run([sys.executable, '-m', 'dropcov_deploy', 'verify', '-c', {str(seeded_chain['checkpoint'])!r}, "
+            f"{str(seeded_chain['fp32'])!r}, {str(seeded_chain['int8'])!r}, '--data', {str(folder)!r}, '--json'], capture_output=True, text=True); "
+            "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+        )
+        code, kib = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, check=True).stdout.split()
+        assert int(code) in (0, 1)
+        return int(kib) / 2**20
+
+    small_peak, big_peak = peak_gib(small), peak_gib(big)
+    print(f"verify peak RSS: 300 images {small_peak:.2f} GiB, 20,000 images {big_peak:.2f} GiB")
+    # the issue asks for < 1 GiB beyond the models; 20,000 inputs of 3x32x32 float32 are 0.25 GB, so holding
+    # them (as verify did before: 1.02 GiB against 0.69) fails this tighter bound, and streaming passes it (0.71)
+    assert big_peak - small_peak < 0.15

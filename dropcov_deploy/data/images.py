@@ -131,3 +131,43 @@ def preprocess(image, prep: Preprocessing) -> np.ndarray:
 def load_batch(paths: Sequence[Path], prep: Preprocessing) -> np.ndarray:
     """Preprocessed float32 batch (N, 3, crop, crop) from image files."""
     return np.stack([preprocess(load_image(p), prep) for p in paths]).astype(np.float32, copy=False)
+
+
+CHUNK = 256  # images decoded at a time: verify's memory is this many inputs, whatever the set's size
+
+
+class InputSet:
+    """What verify runs every model on, without holding it all: preprocessed arrays already in
+    memory (seeded random inputs, a reference's stored inputs), or image files decoded
+    `CHUNK` at a time on each pass (a 50,000-image validation folder needs only one chunk's memory)."""
+
+    def __init__(self, *, arrays: np.ndarray | None = None, paths: Sequence[Path] = (), prep: Preprocessing | None = None) -> None:
+        if (arrays is None) == (not paths):
+            raise ValueError("an InputSet holds arrays or image paths, not both")
+        self.arrays = arrays
+        self.paths = [Path(p) for p in paths]
+        self.prep = prep
+
+    def __len__(self) -> int:
+        return len(self.arrays) if self.arrays is not None else len(self.paths)
+
+    def chunks(self, size: int = CHUNK):
+        """The inputs in order, `size` at a time, as float32 (N, C, H, W) arrays."""
+        for start in range(0, len(self), size):
+            if self.arrays is not None:
+                yield self.arrays[start : start + size]
+            else:
+                assert self.prep is not None
+                yield load_batch(self.paths[start : start + size], self.prep)
+
+    def head(self, count: int) -> np.ndarray:
+        """The first `count` inputs (what --locate probes)."""
+        return next(self.chunks(max(1, count)))[:count]
+
+    def nbytes(self) -> int:
+        first = self.head(1)
+        return int(first.nbytes) * len(self)
+
+    def materialize(self) -> np.ndarray:
+        """All inputs in one array: only for a reference that stores them (bounded by --max-reference-mb)."""
+        return self.arrays if self.arrays is not None else np.concatenate(list(self.chunks()))
