@@ -338,18 +338,12 @@ def _torch_subject(checkpoint: Path, device: str, threads: int | None) -> tuple[
     return subject, loaded.info.resolved_preprocessing().crop
 
 
-def _session_providers(runner: Runner) -> list[str] | None:
-    """The providers an ONNX Runtime runner's session really uses (None: not an ONNX Runtime runner)."""
-    session = getattr(runner, "_session", None)  # OnnxRuntimeRunner's InferenceSession
-    return list(session.get_providers()) if session is not None else None
-
-
-def _ort_gpu_problem(runner: Runner | None) -> str | None:
-    """Why ONNX Runtime cannot run this artifact on the GPU (None: it can), from this onnxruntime's
-    providers and, given a runner, the providers its session really got."""
+def _ort_gpu_problem() -> str | None:
+    """Why this onnxruntime cannot run on the GPU at all (a CPU-only build), or None. A session that
+    fell back to the CPU is refused by the runner itself (`backends.onnxruntime.provider_fallback`)."""
     import onnxruntime
 
-    return onnx_cuda_problem(onnxruntime.get_available_providers(), _session_providers(runner) if runner is not None else None)
+    return onnx_cuda_problem(onnxruntime.get_available_providers(), None)
 
 
 def _ort_device_maker(path: Path) -> tuple[Maker | None, str]:
@@ -501,13 +495,13 @@ def bench(
                 raise InputError(f"{path}: takes input {list(specs[path].image_shape)}, others take {list(image_shape)}")
             kind, graph = artifact_kind(path), engine_cuda_graph(path, cuda_graph)
             on_gpu = kind == ONNX and device == "cuda"
+            problem = None
             try:
                 runner = runners.enter_context(open_runner(path, device, threads, cuda_graph=graph))
-                problem = _ort_gpu_problem(runner) if on_gpu else None
             except BackendUnavailable as exc:  # the ONNX Runtime runner refuses a CPU fallback on --device cuda
                 if not on_gpu:
                     raise
-                problem = _ort_gpu_problem(None) or first_line(exc)
+                problem = _ort_gpu_problem() or first_line(exc)
             if problem:
                 problem = problem.removeprefix(f"{path}: ")
                 skipped.append({"artifact": str(path), "reason": problem})

@@ -25,6 +25,7 @@ from typing import Any
 from dropcov_deploy import __version__, onnx_io
 from dropcov_deploy.atomic import check_writable, spare_inputs, staged
 from dropcov_deploy.backends import TARGETS, Target, get_target, load_hook
+from dropcov_deploy.backends.onnxruntime import ort_optimized_path_for
 from dropcov_deploy.build_cache import PrecisionCache
 from dropcov_deploy.engine import plan_path_for
 from dropcov_deploy.errors import InputError
@@ -189,10 +190,11 @@ def build(model: str | Path, options: BuildOptions, step: StepReporter = quiet_s
 
     started = time.perf_counter()
     model = Path(model)
-    if options.workspace_gib is not None or options.batch is not None:
-        from dropcov_deploy.engine import parse_profile
+    from dropcov_deploy.backends.tensorrt.profile import BatchProfile, check_workspace
 
-        parse_profile(options.batch or "1", options.workspace_gib)  # malformed engine options fail before the model is read
+    check_workspace(options.workspace_gib)  # malformed engine options fail before the model is read
+    if options.batch is not None:
+        BatchProfile.parse(options.batch)
     source = source_manifest(model)
     if source.precision is not Precision.FP32:
         return _engine_only(model, source, options, step, log)
@@ -202,8 +204,7 @@ def build(model: str | Path, options: BuildOptions, step: StepReporter = quiet_s
 
         require_modelopt()  # exit 3 naming the extra, before the calibration images are read
     out = Path(options.out) if options.out else default_output(model, precision, target)
-    stem = out.name[: -len(".onnx")] if out.name.endswith(".onnx") else out.name
-    written = [out, sidecar_path(out), out.with_name(f"{stem}.ort.onnx"), plan_path_for(out), sidecar_path(plan_path_for(out))]
+    written = [out, sidecar_path(out), ort_optimized_path_for(out), plan_path_for(out), sidecar_path(plan_path_for(out))]
     spare_inputs(written, [model, options.calib])
     check_writable(out)
     source_sha = sha256_file(model)

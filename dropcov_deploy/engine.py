@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dropcov_deploy.errors import BackendUnavailable, InputError
-from dropcov_deploy.manifest import BatchRange, Manifest, sha256_file, sidecar_path
+from dropcov_deploy.manifest import BatchRange, Manifest, renamed, sha256_file, sidecar_path
 from dropcov_deploy.precision import Precision
 from dropcov_deploy.steps import StepReporter, quiet_step
 
@@ -56,8 +56,7 @@ def parse_profile(batch: str, workspace_gib: float | None = None):
 
 
 def plan_path_for(precision_onnx: Path) -> Path:
-    name = precision_onnx.name
-    return precision_onnx.with_name((name[: -len(".onnx")] if name.endswith(".onnx") else name) + ".plan")
+    return renamed(precision_onnx, ".plan")
 
 
 def default_batch(limits: BatchRange | None) -> str:

@@ -58,6 +58,13 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def renamed(onnx_path: Path, suffix: str) -> Path:
+    """A file beside an ONNX named after it: its `.onnx` ending replaced by `suffix` (appended when it
+    has none), e.g. model.int8.trt.onnx -> model.int8.trt.plan, model.int8.cpu.ort.onnx."""
+    name = Path(onnx_path).name
+    return Path(onnx_path).with_name((name[: -len(".onnx")] if name.endswith(".onnx") else name) + suffix)
+
+
 def sidecar_path(artifact: Path) -> Path:
     return Path(f"{artifact}.json")
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ class Reference:
     meta: dict[str, Any]
     path: Path | None = None
     model: Any = None  # the PyTorch model when PyTorch made it in this process (verify --locate)
-    files: list[dict[str, str]] = field(default_factory=list)
+    image_root: Path | None = None  # the folder the inputs were read from: a files-mode reference lists them relative to it
 
     @property
     def checkpoint_sha256(self) -> str | None:
@@ -105,12 +105,12 @@ class Reference:
         megabytes = self.inputs.nbytes() / 1e6
         if meta.get("random") is not None:
             meta["inputs_stored"] = "random"  # regenerated from the seed: nothing to store
-        elif megabytes <= max_input_mb or not self.files:
+        elif megabytes <= max_input_mb or self.image_root is None:
             arrays["inputs"] = np.ascontiguousarray(self.inputs.materialize(), dtype=np.float32)
             meta["inputs_stored"] = "arrays"
         else:
             meta["inputs_stored"] = "files"
-            meta["files"] = self.files
+            meta["files"] = image_files_record(self.inputs.paths, self.image_root)  # hashed only when they are what is saved
         meta.setdefault("format", REFERENCE_FORMAT)
         meta.setdefault("created", now_utc())
         arrays["meta"] = np.array(json.dumps(meta))
@@ -219,17 +219,15 @@ def load_reference(path: Path, data: Path | None = None) -> Reference:
         first = inputs.head(1)
         if first.shape[1:] != shape:
             raise InputError(f"{path}: its preprocessing gives {list(first.shape[1:])} inputs, its input_shape says {list(shape)}")
-    return Reference(inputs=inputs, logits=logits, labels=labels, meta=meta, path=path, files=meta.get("files") or [])
+    return Reference(inputs=inputs, logits=logits, labels=labels, meta=meta, path=path)
 
 
 def _inputs_from_files(path: Path, meta: dict[str, Any], data: Path | None, count: int) -> InputSet:
     from dropcov_deploy.data.preprocessing import Preprocessing
 
-    files = meta.get("files") or []
+    files = meta["files"]  # checked by _check_contents: `count` entries of {path, sha256}
     if data is None:
         raise InputError(f"{path}: lists {len(files)} image files instead of storing them; give --data DIR (the folder they were read from)")
-    if len(files) != count:
-        raise InputError(f"{path}: lists {len(files)} images for {count} logits")
     paths = []
     for entry in files:
         image = Path(data) / entry["path"]

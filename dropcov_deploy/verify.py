@@ -9,6 +9,7 @@ name the first stage that diverges.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from dropcov_deploy.errors import InputError
 from dropcov_deploy.manifest import ONNX, TENSORRT_ENGINE, Manifest, artifact_kind, library_versions, sha256_file
 from dropcov_deploy.metrics import compare
 from dropcov_deploy.precision import Precision
-from dropcov_deploy.reference import DEFAULT_MAX_INPUT_MB, REFERENCE_FORMAT, Reference, image_files_record, load_reference
+from dropcov_deploy.reference import DEFAULT_MAX_INPUT_MB, REFERENCE_FORMAT, Reference, load_reference
 from dropcov_deploy.stats import intervals
 from dropcov_deploy.steps import StepReporter, quiet_step
 
@@ -90,7 +91,7 @@ class VerifyReport:
         }
 
 
-def _inputs(data: Path | None, random: int | None, class_names: list[str] | None, prep, image_size: int) -> tuple[InputSet, np.ndarray | None, str, list[Path]]:
+def _inputs(data: Path | None, random: int | None, class_names: list[str] | None, prep, image_size: int) -> tuple[InputSet, np.ndarray | None, str]:
     from dropcov_deploy.data.images import list_images, model_labels
     from dropcov_deploy.reference import random_inputs
 
@@ -99,12 +100,12 @@ def _inputs(data: Path | None, random: int | None, class_names: list[str] | None
     if random is not None:
         if random < 1:
             raise InputError(f"--random {random}: need at least one input")
-        return InputSet(arrays=random_inputs(random, (3, image_size, image_size))), None, f"{random} seeded random inputs", []
+        return InputSet(arrays=random_inputs(random, (3, image_size, image_size))), None, f"{random} seeded random inputs"
     assert data is not None  # exactly one of data/random, checked above
     images = list_images(data)
     labels = model_labels(images, class_names)
     described = f"{len(images)} images from {data}" + (" (labelled)" if labels is not None else "")
-    return InputSet(paths=images.paths, prep=prep), labels, described, images.paths
+    return InputSet(paths=images.paths, prep=prep), labels, described
 
 
 def _check_fits(path: Path, manifest: Manifest, image_size: int) -> None:
@@ -136,7 +137,7 @@ def torch_reference(
         _check_fits(path, manifest, prep.crop)
         if manifest.num_classes is not None and manifest.num_classes != info.num_classes:
             raise InputError(f"{path}: has {manifest.num_classes} classes, the checkpoint {checkpoint} {info.num_classes}; not the same model")
-    inputs, labels, described, image_paths = _inputs(data, random, info.class_names, prep, prep.crop)
+    inputs, labels, described = _inputs(data, random, info.class_names, prep, prep.crop)
     with step(f"PyTorch reference on {described}"), torch.no_grad():
         logits = np.concatenate(
             [loaded.model(torch.from_numpy(chunk[i : i + batch_size])).numpy() for chunk in inputs.chunks() for i in range(0, len(chunk), batch_size)]
@@ -162,8 +163,7 @@ def torch_reference(
     }
     if labels is not None:
         meta["accuracy"] = float((logits.argmax(1) == labels).mean())
-    files = image_files_record(image_paths, Path(data)) if data is not None else []
-    return Reference(inputs=inputs, logits=logits, labels=labels, meta=meta, model=loaded.model, files=files)
+    return Reference(inputs=inputs, logits=logits, labels=labels, meta=meta, model=loaded.model, image_root=Path(data) if data is not None else None)
 
 
 def verify(
@@ -250,18 +250,26 @@ def verify(
     if saved is not None:
         reference_summary["saved_reference"] = saved
 
-    outputs_by_path: dict[Path, np.ndarray] = {}
-    backends: dict[Path, str] = {}
-    runner_warnings: dict[Path, list[str]] = {}
-    for path in paths:
-        with step(f"running {path.name}"), open_runner(path, device) as runner:
-            outputs_by_path[path] = np.concatenate([run_batched(runner, chunk, manifests_by_path[path].batch, batch_size) for chunk in batch.chunks()])
-            backends[path] = runner.backend
-            runner_warnings[path] = list(getattr(runner, "warnings", None) or [])  # e.g. an engine built on another GPU of its compute capability
-
     from dropcov_deploy.precision.calibration import input_fingerprints
 
-    fingerprints = [f for chunk in batch.chunks() for f in input_fingerprints(chunk)]
+    # one pass over the inputs (a chunk decoded once) for every artifact, and the fingerprints
+    # when some artifact records what it was calibrated on
+    fingerprinted = any(manifest.calibration_fingerprints() for manifest in manifests_by_path.values())
+    pieces: dict[Path, list[np.ndarray]] = {path: [] for path in paths}
+    fingerprints: list[str] = []
+    with contextlib.ExitStack() as stack:
+        runners = {path: stack.enter_context(open_runner(path, device)) for path in paths}
+        if paths:
+            with step(f"running {', '.join(path.name for path in paths)}"):
+                for chunk in batch.chunks():
+                    for path, runner in runners.items():
+                        pieces[path].append(run_batched(runner, chunk, manifests_by_path[path].batch, batch_size))
+                    if fingerprinted:
+                        fingerprints += input_fingerprints(chunk)
+        backends = {path: runner.backend for path, runner in runners.items()}
+        # e.g. an engine built on another GPU of its compute capability
+        runner_warnings = {path: list(getattr(runner, "warnings", None) or []) for path, runner in runners.items()}
+    outputs_by_path = {path: np.concatenate(chunks) for path, chunks in pieces.items()}
     kinds = {path: artifact_kind(path) for path in paths}
     fp32_onnx = next((p for p in paths if kinds[p] == ONNX and manifests_by_path[p].precision is Precision.FP32), None)
     by_sha = {manifests_by_path[p].sha256: p for p in paths if kinds[p] == ONNX and manifests_by_path[p].sha256}

@@ -100,6 +100,13 @@ def onnxruntime_status() -> tuple[bool, str]:
     return True, f"ONNX Runtime {onnxruntime.__version__} on the CPU"
 
 
+def ort_optimized_path_for(precision_onnx: Path) -> Path:
+    """Where the ONNX Runtime-optimized model of a precision ONNX goes: beside it, `.ort.onnx`."""
+    from dropcov_deploy.manifest import renamed
+
+    return renamed(precision_onnx, ".ort.onnx")
+
+
 def write_ort_optimized(staged_onnx: Path, stage: Path) -> dict[str, Any]:
     """Save ONNX Runtime's own optimized graph (portable 'extended' level, CPU provider) beside
     the precision ONNX; returns the manifest entry that describes it."""
@@ -107,8 +114,7 @@ def write_ort_optimized(staged_onnx: Path, stage: Path) -> dict[str, Any]:
 
     from dropcov_deploy.manifest import sha256_file
 
-    stem = staged_onnx.name[: -len(".onnx")] if staged_onnx.name.endswith(".onnx") else staged_onnx.name
-    destination = stage / f"{stem}.ort.onnx"  # never the precision ONNX's own name, whatever --out was
+    destination = stage / ort_optimized_path_for(staged_onnx).name  # never the precision ONNX's own name, whatever --out was
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     options.optimized_model_filepath = str(destination)
