@@ -126,7 +126,10 @@ def evaluate(
         result: dict[str, Any] = {**bound, "value": value, "passed": bool(passed)}
         interval = (intervals or {}).get(metric)
         if interval is not None:
-            decision = decide((float(interval[0]), float(interval[1])), bound)
+            # a proportion bounded at its very end ("all agree": min 1.0, "none": max 0.0) is a rule about
+            # every sample, which no interval can ever clear: the sample itself decides it
+            exact = metric != "accuracy_drop" and (bound.get("min", 0.0) >= 1.0 or bound.get("max", 1.0) <= 0.0)
+            decision = ("pass" if passed else "fail") if exact else decide((float(interval[0]), float(interval[1])), bound)
             result.update(interval=list(interval), decision=decision)
             if mode == "confident":
                 result["passed"] = bool(passed) and decision == "pass"

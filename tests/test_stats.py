@@ -73,3 +73,18 @@ def test_verify_reports_intervals_and_takes_the_gate_mode(seeded_chain, tmp_path
     assert artifact["intervals"]["samples"] == 40 and low <= artifact["metrics"]["top1_agreement"] <= high
     assert artifact["gates"]["top1_agreement"]["interval"] == [low, high]
     assert_one_line_error(run_cli("verify", "-c", seeded_chain["checkpoint"], seeded_chain["int8"], "--random", "4", "--gate-mode", "sure"), 2, "--gate-mode")
+
+
+def test_an_all_must_agree_gate_is_decided_by_the_sample_itself():
+    """FP32's top-1 agreement >= 1.0 is a rule about every input: 1000 of 1000 passes in confident
+    mode (no interval could ever clear 1.0) and 999 of 1000 fails; neither is 'undecided'."""
+    rng = np.random.default_rng(2)
+    reference = rng.normal(size=(1000, 10))
+    metrics, spread = compare(reference, reference), intervals(reference, reference, None)
+    same = evaluate(metrics, DEFAULT_GATES["fp32"], spread, "confident")["top1_agreement"]
+    assert same["passed"] is True and same["decision"] == "pass" and "samples_needed" not in same
+    flipped = reference.copy()
+    flipped[0] = np.roll(flipped[0], 1)
+    metrics, spread = compare(flipped, reference), intervals(flipped, reference, None)
+    one_off = evaluate(metrics, DEFAULT_GATES["fp32"], spread, "point")["top1_agreement"]
+    assert one_off["passed"] is False and one_off["decision"] == "fail"
