@@ -30,7 +30,7 @@ def prepare(out: Path) -> tuple[Path, Path]:
     images = out / "digits-all"
     if not images.exists():
         splits = digits.load_splits()
-        for part in ("train", "val", "calibration"):
+        for part in ("train", "val", "test"):  # every image once (calibration is part of train)
             digits.write_image_folder(splits[part], images / part)
     onnx_path = out / "r50.onnx"
     if not onnx_path.exists():

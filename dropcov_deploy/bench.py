@@ -445,6 +445,8 @@ def bench(
     warmup_s: float = 1.0,
     max_time_s: float = 5.0,
     cuda_graph: bool = False,
+    data: Path | None = None,
+    dataset: str | None = None,
     progress: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
     """Time PyTorch eager (when given a checkpoint) and every artifact at each batch size.
@@ -482,6 +484,7 @@ def bench(
     problem = batch_memory_problem(max(batch_sizes), image_shape, available_memory_bytes())
     if problem:
         raise InputError(problem)
+    inputs, inputs_described = bench_inputs(data, dataset, manifests, max(batch_sizes), image_shape)
     limits = {p: specs[p].batch or BatchRange() for p in paths}
     outside = [b for b in batch_sizes if paths and checkpoint is None and not any(limits[p].fits(b) for p in paths)]
     if outside:
@@ -521,7 +524,7 @@ def bench(
             subjects.append(_runner_subject(runner, path, manifests[path], device))
         if not subjects:
             raise BackendUnavailable("nothing to time: " + "; ".join(f"{Path(s['artifact']).name}: {s['reason']}" for s in skipped))
-        results = _measure_all(subjects, batch_sizes, image_shape, warmup_s, max_time_s, progress)
+        results = _measure_all(subjects, batch_sizes, image_shape, warmup_s, max_time_s, progress, inputs)
         for subject in subjects:
             accepts = subject.batch
             left_out = [b for b in batch_sizes if accepts is not None and not accepts.fits(b)]
@@ -536,6 +539,7 @@ def bench(
             "threads": threads,
             "batch_sizes": list(batch_sizes),
             "cuda_graph": cuda_graph,
+            "inputs": inputs_described,
             "p99_min_samples": P99_MIN_SAMPLES,
             "stop_rule": (
                 f"at least {P99_MIN_SAMPLES} samples and a median that moved <= {STABLE_CHANGE:.0%} over the last {STABLE_WINDOW}, "
@@ -574,15 +578,55 @@ def _result(subject: _Subject, batch_size: int, end_to_end: Figure, device: Figu
     return result
 
 
+def bench_inputs(
+    data: Path | None, dataset: str | None, manifests: dict[Path, Manifest], count: int, image_shape: tuple[int, ...]
+) -> tuple[np.ndarray | None, str]:
+    """Up to `count` real images preprocessed as the first artifact's manifest says (a batch larger
+    than the set repeats them), or None: seeded normal noise. Dense networks time the same on both;
+    real inputs matter where a kernel's speed depends on the values (sparsity, denormals)."""
+    if data is not None and dataset is not None:
+        raise InputError("give --data DIR or --dataset digits[:train|val|test], not both")
+    if data is None and dataset is None:
+        return None, "seeded standard normal noise (seed 0)"
+    from dropcov_deploy.data.images import list_images, load_batch
+    from dropcov_deploy.data.preprocessing import Preprocessing
+
+    if dataset is not None:
+        from dropcov_deploy.data.datasets import dataset_images, parse_dataset
+
+        images = dataset_images(parse_dataset(dataset))
+    else:
+        images = list_images(data)  # type: ignore[arg-type]  # one of the two, checked above
+    first = next(iter(manifests))
+    recorded = manifests[first].preprocessing
+    if not recorded:
+        raise InputError(f"{first}: its manifest records no preprocessing; bench it without --data/--dataset (noise inputs)")
+    prep = Preprocessing.from_dict(recorded)
+    if prep.crop != image_shape[-1]:
+        raise InputError(f"{first}: preprocessing gives {prep.crop}x{prep.crop} images, the model takes {list(image_shape)}")
+    chosen = images.items[:count]
+    return load_batch(chosen, prep), f"{len(chosen)} images of {images.root}" + (" (repeated to fill a batch)" if len(chosen) < count else "")
+
+
 def _measure_all(
-    subjects: list[_Subject], batch_sizes: Sequence[int], image_shape: tuple[int, ...], warmup_s: float, max_time_s: float, progress: Callable[[str], None]
+    subjects: list[_Subject],
+    batch_sizes: Sequence[int],
+    image_shape: tuple[int, ...],
+    warmup_s: float,
+    max_time_s: float,
+    progress: Callable[[str], None],
+    inputs: np.ndarray | None = None,
 ) -> list[BenchResult]:
     """Each batch size, each subject: the end-to-end figure first, then the device figure (a device
     timer places its batch once, and an `infer` after that would replace it)."""
     results: list[BenchResult] = []
     rng = np.random.default_rng(0)
     for batch_size in batch_sizes:
-        batch = rng.standard_normal((batch_size, *image_shape), dtype=np.float32)  # prepared outside the timed region
+        # prepared outside the timed region
+        if inputs is not None:
+            batch = np.ascontiguousarray(inputs[np.arange(batch_size) % len(inputs)])
+        else:
+            batch = rng.standard_normal((batch_size, *image_shape), dtype=np.float32)
         for subject in subjects:
             if subject.batch is not None and not subject.batch.fits(batch_size):
                 continue

@@ -44,6 +44,7 @@ CALIBRATION_METHODS = tuple(dict.fromkeys(m for target in TARGETS.values() for m
 class BuildOptions:
     precision: str | Precision | None = None  # None: fp16 from an FP32 export, a precision ONNX's own for the engine step
     calib: Path | None = None
+    dataset: str | None = None  # a bundled dataset's train or val split instead of --calib: digits[:train|val]
     calib_size: int | None = 512
     calib_method: str = "entropy"
     backend: str = "onnxruntime"
@@ -105,9 +106,9 @@ def _engine_only(model: Path, source: Manifest, options: BuildOptions, step: Ste
         raise InputError(f"{model}: is already {built_for}; --backend {target.name} builds from the FP32 export{hint}")
     if source.target != target.tag:
         raise InputError(f"{model}: is {built_for}, not for {target.name}; build the FP32 export with --backend {target.name}")
-    if options.out is not None or options.calib is not None:
+    if options.out is not None or options.calib is not None or options.dataset is not None:
         raise InputError(
-            f"{model}: is already a {source.precision} graph; --out and --calib apply to the precision step (for the plan's name use `dropcov-deploy engine --out`)"
+            f"{model}: is already a {source.precision} graph; --out and --calib apply to the precision step, as does --dataset (for the plan's name use `dropcov-deploy engine --out`)"
         )
     engine, engine_manifest = load_hook(target.device_artifact)(
         model, source, batch=options.batch, workspace_gib=options.workspace_gib, timing_cache=options.timing_cache, step=step, log=log
@@ -135,11 +136,23 @@ def _validate(options: BuildOptions) -> tuple[Precision, Target]:
         raise InputError(f"--calib-method {options.calib_method} is not supported for --backend {target.name}; use {' or '.join(target.calibration_methods)}")
     if not target.supports(precision):
         raise InputError(f"--precision {precision}: --backend {target.name} builds {', '.join(map(str, target.precisions))}")
-    if precision.reduced and options.calib is None:
+    if options.calib is not None and options.dataset is not None:
+        raise InputError("give --calib DIR|FILE or --dataset digits[:train|val], not both")
+    if precision.reduced and options.calib is None and options.dataset is None:
         raise InputError(
-            f"--precision {precision} needs --calib DIR|FILE: real images (or preprocessed arrays); random data is never used (see calibration/README.md)"
+            f"--precision {precision} needs --calib DIR|FILE: real images (or preprocessed arrays), or --dataset digits:train; "
+            "random data is never used (see calibration/README.md)"
         )
     return precision, target
+
+
+def calibration_source(options: BuildOptions):
+    """What to calibrate on: --calib's folder or file, or --dataset's split (never the held-out test split)."""
+    if options.dataset is not None:
+        from dropcov_deploy.data.datasets import parse_dataset
+
+        return parse_dataset(options.dataset, for_calibration=True)
+    return options.calib
 
 
 def _cache_key(source_sha: str, calibration_sha: str | None, precision: Precision, target: Target, options: BuildOptions) -> str:
@@ -217,9 +230,10 @@ def build(model: str | Path, options: BuildOptions, step: StepReporter = quiet_s
             raise InputError(problem)
 
     calibration = reference = None
-    if options.calib is not None:
-        with step(f"loading calibration data {options.calib}"):
-            calibration = load_calibration(options.calib, source, options.calib_size)
+    calibrate_on = calibration_source(options)
+    if calibrate_on is not None:
+        with step(f"loading calibration data {calibrate_on}"):
+            calibration = load_calibration(calibrate_on, source, options.calib_size)
         reference = reference_pass(model, calibration)
 
     cache_dir = Path(options.cache_dir) if options.cache_dir else default_cache_dir()
@@ -242,6 +256,7 @@ def build(model: str | Path, options: BuildOptions, step: StepReporter = quiet_s
             "batch": calibration.batch_size(),
             "method": options.calib_method,
             "fingerprints": calibration.fingerprints(),  # verify counts its inputs among these (calibration_overlap)
+            "files": calibration.names,  # the same order: which image each fingerprint is (None for arrays)
         },
         versions=library_versions("onnx", "onnxruntime"),
         created=now_utc(),

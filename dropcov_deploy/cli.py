@@ -87,13 +87,13 @@ def train_command(
     dataset: Optional[str] = typer.Option(None, "--dataset", help="A bundled dataset: digits."),
     epochs: int = typer.Option(15, "--epochs"),
     batch_size: int = typer.Option(64, "--batch-size", help="Global batch (split across torchrun processes)."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate, warm-up then cosine [default: 0.05 SGD for ResNets, 1e-3 AdamW for ViTs]."),
-    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="[default: 1e-4 ResNets, 0.05 ViTs]"),
-    dim: Optional[int] = typer.Option(None, "--dim", help="ResNets: reduction width d; ViTs: the head's r [default: the architecture's]."),
-    heads: Optional[int] = typer.Option(None, "--heads", help="ViTs: the head's cross-covariance heads [default: the architecture's]."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate, warm-up then cosine \\[default: 0.05 SGD for ResNets, 1e-3 AdamW for ViTs]."),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="\\[default: 1e-4 ResNets, 0.05 ViTs]"),
+    dim: Optional[int] = typer.Option(None, "--dim", help="ResNets: reduction width d; ViTs: the head's r \\[default: the architecture's]."),
+    heads: Optional[int] = typer.Option(None, "--heads", help="ViTs: the head's cross-covariance heads \\[default: the architecture's]."),
     pretrained_backbone: bool = typer.Option(False, "--pretrained-backbone", help="ViTs: start from timm's ImageNet weights (downloads them)."),
     backbone_weights: Optional[Path] = typer.Option(None, "--backbone-weights", help="ViTs: start from a local timm weights file (.safetensors/.pth)."),
-    image_size: Optional[int] = typer.Option(None, "--image-size", help="Input side [default: 32 for digits, 224 for folders]."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Input side \\[default: 32 for digits, 224 for folders]."),
     width: Optional[str] = typer.Option(None, "--width", help="ResNets: four stage widths, e.g. 16,32,64,128."),
     out: Path = typer.Option(Path("runs/model.pt"), "--out", "-o", help="Best checkpoint; the last goes beside it as *-last.pt."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue from a *-last.pt checkpoint."),
@@ -145,10 +145,10 @@ def _is_main_process() -> bool:
 def export_command(
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Checkpoint: the authors' .pth.tar, a state_dict, or ours."),
     arch: Optional[str] = typer.Option(None, "--arch", help="Architecture, when the checkpoint does not say."),
-    image_size: Optional[int] = typer.Option(None, "--image-size", help="Square input side [default: the checkpoint's, else 224]."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Square input side \\[default: the checkpoint's, else 224]."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset (17-23)."),
     batch: str = typer.Option("dynamic", "--batch", help="'dynamic' or a fixed batch size."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output .onnx [default: <checkpoint name>.onnx]."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output .onnx \\[default: <checkpoint name>.onnx]."),
     check: bool = typer.Option(True, "--check/--no-check", help="Parity test in ONNX Runtime before writing."),
     json_out: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
 ) -> None:
@@ -167,19 +167,22 @@ def export_command(
 @app.command("build")
 def build_command(
     model: Path = typer.Argument(..., help="The FP32 ONNX written by `dropcov-deploy export` (or a TensorRT-target precision ONNX: engine step only)."),
-    precision: Optional[str] = typer.Option(None, "--precision", "-p", help=f"{', '.join(Precision.choices())} [default: fp16; a precision ONNX's own]."),
+    precision: Optional[str] = typer.Option(None, "--precision", "-p", help=f"{', '.join(Precision.choices())} \\[default: fp16; a precision ONNX's own]."),
     calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration images (folder) or preprocessed .npy/.npz; required for fp16 and int8."),
+    dataset: Optional[str] = typer.Option(
+        None, "--dataset", help="Calibrate on a bundled dataset's split instead of --calib: digits[:train|val] (no split: train; test is refused)."
+    ),
     calib_size: int = typer.Option(512, "--calib-size", help="At most this many calibration inputs (a fixed, seeded subset)."),
     calib_method: str = typer.Option("entropy", "--calib-method", help="entropy, max or percentile (percentile: CPU target only)."),
     backend: str = typer.Option(DEFAULT_TARGET, "--backend", "-b", help=f"{' or '.join(TARGETS)}: the target the artifacts are built for."),
     batch: Optional[str] = typer.Option(
-        None, "--batch", help="TensorRT optimization profile MIN:OPT:MAX (or N) for the batch axis [default: 1:8:32 within the ONNX's range]."
+        None, "--batch", help="TensorRT optimization profile MIN:OPT:MAX (or N) for the batch axis \\[default: 1:8:32 within the ONNX's range]."
     ),
     workspace: Optional[float] = typer.Option(None, "--workspace", help="TensorRT workspace limit in GiB."),
     timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="TensorRT timing cache, read and written."),
     fc: str = typer.Option("auto", "--fc", help="INT8 fc treatment: auto (measured), int8, weight-only or float."),
     high_precision: str = typer.Option("fp16", "--high-precision", help="TensorRT INT8: precision of the unquantized rest (covariance stays fp32)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Precision ONNX path [default: <model>.<precision>.<cpu|trt>.onnx]."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Precision ONNX path \\[default: <model>.<precision>.<cpu|trt>.onnx]."),
     json_out: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
 ) -> None:
     """Build FP16 / INT8 artifacts: the precision ONNX, then an ORT-optimized model or a TensorRT engine."""
@@ -190,6 +193,7 @@ def build_command(
     options = BuildOptions(
         precision=precision,
         calib=calib,
+        dataset=dataset,
         calib_size=calib_size,
         calib_method=calib_method,
         backend=backend,
@@ -211,15 +215,15 @@ def build_command(
 def engine_command(
     model: Path = typer.Argument(..., help="An FP32 export, or a precision ONNX that `build --backend tensorrt` wrote (its manifest says which)."),
     batch: Optional[str] = typer.Option(
-        None, "--batch", help="Optimization profile MIN:OPT:MAX (or N) for the batch axis [default: the ONNX's fixed batch, else 1:8:32 within its range]."
+        None, "--batch", help="Optimization profile MIN:OPT:MAX (or N) for the batch axis \\[default: the ONNX's fixed batch, else 1:8:32 within its range]."
     ),
-    workspace: Optional[float] = typer.Option(None, "--workspace", help="Builder workspace limit in GiB [default: TensorRT's, the GPU's memory]."),
+    workspace: Optional[float] = typer.Option(None, "--workspace", help="Builder workspace limit in GiB \\[default: TensorRT's, the GPU's memory]."),
     timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="Timing cache file, read and written (faster rebuilds on the same GPU)."),
     builder_optimization_level: Optional[int] = typer.Option(
-        None, "--builder-optimization-level", help="0-5: higher searches longer for faster kernels [default: TensorRT's, 3]."
+        None, "--builder-optimization-level", help="0-5: higher searches longer for faster kernels \\[default: TensorRT's, 3]."
     ),
     dla_core: Optional[int] = typer.Option(None, "--dla-core", help="Run on this DLA core (Jetson AGX/NX), GPU fallback for unsupported layers."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Plan file [default: <model>.plan]; its manifest goes beside it as <plan>.json."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Plan file \\[default: <model>.plan]; its manifest goes beside it as <plan>.json."),
     json_out: bool = typer.Option(False, "--json", help="Print the engine's manifest as JSON."),
 ) -> None:
     """Compile a TensorRT plan here, on the device it will run on: no calibration data, no PyTorch."""
@@ -251,7 +255,15 @@ def verify_command(
         256.0, "--max-reference-mb", help="Past this many MB of inputs, the reference lists the image files (with hashes) instead of storing them."
     ),
     data: Optional[Path] = typer.Option(None, "--data", help="Image folder (ImageFolder labelled, or flat); with --reference, where its listed images are."),
+    dataset: Optional[str] = typer.Option(
+        None, "--dataset", help="A bundled dataset's split instead of a folder: digits[:train|val|test] (no split: the held-out test split)."
+    ),
     random: Optional[int] = typer.Option(None, "--random", help="N seeded random inputs instead of images."),
+    workers: Optional[int] = typer.Option(
+        None,
+        "--workers",
+        help="Threads decoding images, a chunk ahead of the models (0: none) \\[default: one per CPU, up to 8; none for 256 images or fewer].",
+    ),
     batch_size: int = typer.Option(32, "--batch-size"),
     gates: Optional[Path] = typer.Option(None, "--gates", help="JSON file overriding the default gates."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write the JSON report here."),
@@ -276,6 +288,7 @@ def verify_command(
         list(artifacts or []),
         reference=reference,
         data=data,
+        dataset=dataset,
         random=random,
         batch_size=batch_size,
         gates_file=gates,
@@ -285,6 +298,7 @@ def verify_command(
         max_reference_mb=max_reference_mb,
         strict=strict,
         gate_mode=gate_mode,
+        workers=workers,
         outputs=[report, junit],
         step=step,
     )
@@ -317,6 +331,8 @@ def bench_command(
         5.0, "--max-time", help="Seconds at most per measurement (stops earlier once 200 samples are in and the median is stable; p99 needs 200)."
     ),
     cuda_graph: bool = typer.Option(False, "--cuda-graph", help="TensorRT engines: time the GPU run replayed from a CUDA graph (ONNX models are unaffected)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Time on these images (preprocessed as the manifest says) \\[default: seeded noise]."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Time on a bundled dataset's split: digits[:train|val|test]."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write the JSON report here."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of latency and throughput against batch size."),
     json_out: bool = typer.Option(False, "--json", help="Print the JSON report instead of a table."),
@@ -333,7 +349,7 @@ def bench_command(
         raise typer.BadParameter(f"--batch-sizes takes integers like 1,8,32, got {batch_sizes!r}") from None
     from dropcov_deploy.atomic import spare_inputs
 
-    spare_inputs([report, plot], [*artifacts, checkpoint])
+    spare_inputs([report, plot], [*artifacts, checkpoint, data])
     if plot:
         import importlib.util
 
@@ -349,6 +365,8 @@ def bench_command(
             warmup_s=warmup,
             max_time_s=max_time,
             cuda_graph=cuda_graph,
+            data=data,
+            dataset=dataset,
             progress=lambda text: status.update(f"benchmarking {text} ..."),
         )
     if report:

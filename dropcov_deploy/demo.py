@@ -2,9 +2,10 @@
 
 Train the compact DropCov ResNet on scikit-learn's digits, export it, build FP16 and INT8
 for the best target this machine has (TensorRT with a GPU, else ONNX Runtime, and it says
-which), verify every artifact on the held-out images in calibration/digits, benchmark
-them against PyTorch, and write a Markdown report with plots. Returns data; the CLI
-renders it.
+which) calibrating on calibration/digits (a subset of the training split), verify every
+artifact on the held-out test split (digits:test: never used to train, select a checkpoint,
+calibrate or choose a precision treatment), benchmark them against PyTorch, and write a
+Markdown report with plots. Returns data; the CLI renders it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ if TYPE_CHECKING:
 DEMO_ARCH = "resnet10_compact_ACD"
 DEMO_EPOCHS = 10
 REPO_CALIBRATION = Path(__file__).resolve().parents[1] / "calibration" / "digits"
+TEST_SPLIT = "digits:test"  # what the demo verifies on: held out from everything else
 BENCH_BATCH_SIZES = (1, 8)
+CALIBRATION_NOTE = "30 images per class from the training split"
 BENCH_MAX_TIME_S = 2.0
 
 
@@ -47,7 +50,7 @@ class DemoResult:
 
 
 def calibration_folder(out: Path) -> Path:
-    """The repository's calibration/digits, or the same images regenerated from the bundled data."""
+    """The repository's calibration/digits (30 per class of the training split), or the same images regenerated from the bundled data."""
     if REPO_CALIBRATION.is_dir() and any(REPO_CALIBRATION.iterdir()):
         return REPO_CALIBRATION
     from dropcov_deploy.data import digits
@@ -101,7 +104,7 @@ def run_demo(out: Path, epochs: int = DEMO_EPOCHS, step: StepReporter = quiet_st
 
     started = time.perf_counter()
     paths = artifacts
-    verified = verify(trained.best_path, paths, data=calibration, save_reference=out / "reference.npz", step=step).to_dict()
+    verified = verify(trained.best_path, paths, dataset=TEST_SPLIT, save_reference=out / "reference.npz", step=step).to_dict()
     write_json(out / "verify.json", verified)
     seconds["verify"] = time.perf_counter() - started
 
@@ -131,38 +134,51 @@ def run_demo(out: Path, epochs: int = DEMO_EPOCHS, step: StepReporter = quiet_st
     return result
 
 
-def write_report(result: DemoResult, history: list[Any], manifest: dict[str, Any]) -> Path:
-    from dropcov_deploy.reports import markdown_table, write_text
+def _shown(path: Path) -> str:
+    """The repository's calibration folder as `calibration/digits`, any other path as it is."""
+    return "calibration/digits" if path == REPO_CALIBRATION else str(path)
 
+
+def write_report(result: DemoResult, history: list[Any], manifest: dict[str, Any]) -> Path:
+    from dropcov_deploy.reports import accuracy_drop_text, markdown_table, with_interval, write_text
+
+    artifacts = result.verify["artifacts"]
+    first = artifacts[0].get("intervals", {}) if artifacts else {}
     verify_rows = [
         [
             "PyTorch (eager, FP32)",
-            Path(result.verify["reference"]["checkpoint"]).name,
             "torch",
             "fp32",
-            f"{result.verify['reference'].get('accuracy', 0):.4f}",
-            "1.0000",
+            with_interval(result.verify["reference"].get("accuracy"), first.get("reference_accuracy")),
             "-",
             "-",
-            "0",
+            "-",
+            "-",
+            "-",
+            "-",
             "reference",
         ]
     ]
-    for a in result.verify["artifacts"]:
-        m = a["metrics"]
+    for a in artifacts:
+        m, spread = a["metrics"], a.get("intervals") or {}
         failed = [n for n, g in a["gates"].items() if g["passed"] is False]
+        undecided = [n for n, g in a["gates"].items() if g.get("decision") == "undecided"]
+        verdict = "pass" if a["passed"] else "FAIL: " + ", ".join(failed)
+        if undecided:
+            verdict += f" ({', '.join(undecided)} undecided on this sample)"
         verify_rows.append(
             [
                 Path(a["path"]).name,
-                Path(a["path"]).name,
                 a["backend"],
                 a["precision"],
-                f"{m['accuracy']:.4f}",
-                f"{m['top1_agreement']:.4f}",
+                with_interval(m["accuracy"], spread.get("accuracy")),
+                accuracy_drop_text(m, spread),
+                with_interval(m["top1_agreement"], spread.get("top1_agreement")),
                 f"{m['relative_error']:.1e}",
                 f"{m['cosine_min']:.5f}",
                 m["nonfinite"],
-                "pass" if a["passed"] else "FAIL: " + ", ".join(failed),
+                "-" if a.get("calibration_overlap") is None else a["calibration_overlap"],
+                verdict,
             ]
         )
     bench_rows = [
@@ -186,13 +202,29 @@ def write_report(result: DemoResult, history: list[Any], manifest: dict[str, Any
             f"Model: `{DEMO_ARCH}` (d = {manifest['dim']}) trained on scikit-learn's digits, best validation accuracy {result.val_accuracy:.4f}.",
             f"Backend: {result.backend_note}.",
             "## Verify",
-            f"Every artifact against the PyTorch model on {result.verify['samples']} held-out images in `{result.calibration}` "
-            f"(never used for training or model selection); gates per precision. Overall: {'PASS' if result.passed else 'FAIL'}.",
+            f"Every artifact against the PyTorch model on the {result.verify['samples']} images of `{TEST_SPLIT}`, the held-out test split: "
+            f"never used to train, select the checkpoint, calibrate (calibration used `{_shown(result.calibration)}`, {CALIBRATION_NOTE}) "
+            f"or choose the INT8 fc treatment. Gates per precision, point mode. Overall: {'PASS' if result.passed else 'FAIL'}. "
+            "Brackets: 95% intervals (accuracy and agreement: exact binomial; accuracy drop: paired, on the images where the two models disagree). "
+            f"On {result.verify['samples']} images one changed prediction moves accuracy by {100 / max(1, result.verify['samples']):.2f} points, "
+            "so a gate whose bound lies inside its interval is reported undecided rather than passed or failed on chance.",
             markdown_table(
-                ["artifact", "file", "backend", "precision", "held-out accuracy", "top-1 agreement", "max rel. error", "min cosine", "non-finite", "gates"],
+                [
+                    "artifact",
+                    "backend",
+                    "precision",
+                    "test accuracy",
+                    "accuracy drop",
+                    "top-1 agreement",
+                    "max rel. error",
+                    "min cosine",
+                    "non-finite",
+                    "calibration overlap",
+                    "gates",
+                ],
                 verify_rows,
             ),
-            "The held-out inputs, labels and PyTorch logits are saved in `reference.npz`: on a device without PyTorch, "
+            "The test inputs, labels and PyTorch logits are saved in `reference.npz`: on a device without PyTorch, "
             f"`dropcov-deploy verify --reference reference.npz {' '.join(Path(a['path']).name for a in result.verify['artifacts'])}` "
             "gives the same table (README: Deploy to a device).",
             "## Bench",

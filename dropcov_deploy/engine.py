@@ -207,6 +207,6 @@ def engine_step(
     """The Target hook `build --backend tensorrt` calls once the precision ONNX is published:
     the same step as `dropcov-deploy engine` (BackendUnavailable, exit 3, names the command)."""
     options = EngineOptions(batch=batch, workspace_gib=workspace_gib, timing_cache=timing_cache)
-    hint = f"; the {manifest.precision} ONNX for TensorRT is {precision_onnx}"
+    hint = f"; the {manifest.precision} ONNX for TensorRT is {precision_onnx} (--backend onnxruntime builds for this machine's CPU instead)"
     result = compile_engine(precision_onnx, options, step=step, log=log, unavailable_hint=hint)
     return result.plan, result.manifest

@@ -351,6 +351,17 @@ class Manifest:
         found = calibration.get("fingerprints") if isinstance(calibration, dict) else self.extra.get("calibration_fingerprints")
         return {str(f) for f in found} if isinstance(found, list) else set()
 
+    def calibration_files(self) -> dict[str, str]:
+        """Fingerprint -> the calibration image it is (file or dataset name), where the build recorded names."""
+        calibration = self.extra.get("calibration")
+        if isinstance(calibration, dict):
+            found, names = calibration.get("fingerprints"), calibration.get("files")
+        else:
+            found, names = self.extra.get("calibration_fingerprints"), self.extra.get("calibration_files")
+        if not (isinstance(found, list) and isinstance(names, list) and len(found) == len(names)):
+            return {}
+        return {str(f): str(n) for f, n in zip(found, names)}
+
     def require_describes(self, path: Path) -> None:
         """A sidecar that records a hash must be the one written with this file: a sidecar copied
         beside another model would make every later stage trust the wrong precision and target."""
@@ -392,5 +403,7 @@ class Manifest:
         calibration = self.extra.get("calibration")
         if isinstance(calibration, dict) and calibration.get("fingerprints"):
             data["calibration_fingerprints"] = calibration["fingerprints"]  # what the engine's precision was calibrated on
+            if calibration.get("files"):
+                data["calibration_files"] = calibration["files"]
         data["input"] = spec.to_dict()
         return Manifest.from_dict(data)

@@ -180,27 +180,38 @@ def build_summary(result: Any) -> None:
 
 # ------------------------------------------------------------------ verify, bench, predict
 def verify_table(report: dict[str, Any]) -> None:
+    from dropcov_deploy.reports import accuracy_drop_text, with_interval
+
     source = report["reference"].get("source", "")
     where = " from a saved reference" if source.startswith("reference file") else ""
-    table = Table(title=f"verify: {report['samples']} inputs, reference {escape(str(report['reference']['arch']))} (PyTorch FP32{where})")
-    for column in ("artifact", "precision", "backend", "rel. error", "cos min", "top-1", "top-5", "non-finite", "accuracy", "calib. overlap", "gates"):
-        table.add_column(column)
+    table = Table(
+        title=f"verify: {report['samples']} inputs, reference {escape(str(report['reference']['arch']))} (PyTorch FP32{where}); 95% intervals in brackets"
+    )
+    columns = ("artifact", "precision", "backend", "rel. error", "cos min", "top-1", "top-5", "non-finite", "accuracy", "acc. drop")
+    for column in (*columns, "calib. overlap", "gates"):
+        # figures never wrap mid-number; names give way (folded) when the terminal is narrow
+        table.add_column(column, no_wrap=column not in ("artifact", "backend", "gates"), overflow="fold")
     reference_accuracy = report["reference"].get("accuracy")
-    table.add_row("PyTorch (reference)", "fp32", "torch", "-", "-", "-", "-", "-", "-" if reference_accuracy is None else f"{reference_accuracy:.4f}", "-", "")
+    first = report["artifacts"][0].get("intervals", {}) if report["artifacts"] else {}
+    table.add_row(
+        "PyTorch", "fp32", "torch", "-", "-", "-", "-", "-", with_interval(reference_accuracy, first.get("reference_accuracy"), sep="\n"), "-", "-", "reference"
+    )
     for artifact in report["artifacts"]:
         m = artifact["metrics"]
         failed = [name for name, g in artifact["gates"].items() if g["passed"] is False]
         verdict = "[green]pass[/]" if artifact["passed"] else "[red]FAIL: " + escape(", ".join(failed)) + "[/]"
+        spread = artifact.get("intervals") or {}
         table.add_row(
             escape(Path(artifact["path"]).name),
             artifact["precision"],
             artifact["backend"],
             f"{m['relative_error']:.1e}",
             f"{m['cosine_min']:.5f}",
-            f"{m['top1_agreement']:.4f}",
+            with_interval(m["top1_agreement"], spread.get("top1_agreement"), sep="\n"),
             f"{m['top5_agreement']:.4f}",
             str(m["nonfinite"]),
-            "-" if m["accuracy"] is None else f"{m['accuracy']:.4f}",
+            with_interval(m["accuracy"], spread.get("accuracy"), sep="\n"),
+            accuracy_drop_text(m, spread, sep="\n"),
             "-"
             if artifact.get("calibration_overlap") is None
             else (f"[yellow]{artifact['calibration_overlap']}[/]" if artifact["calibration_overlap"] else "0"),

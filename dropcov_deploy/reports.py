@@ -107,3 +107,24 @@ def plot_bench(report: dict[str, Any], path: Path) -> Path:
     atomic_write(Path(path), lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return Path(path)
+
+
+def with_interval(value: float | None, interval: list[float] | None, digits: int = 4, sep: str = " ") -> str:
+    """'0.9720 [0.953, 0.985]': a figure with its 95% interval (what a sample of this size can tell)."""
+    if value is None:
+        return "-"
+    text = f"{value:.{digits}f}"
+    if interval:
+        text += f"{sep}[{interval[0]:.{digits - 1}f}, {interval[1]:.{digits - 1}f}]"
+    return text
+
+
+def accuracy_drop_text(metrics: dict[str, Any], spread: dict[str, Any], sep: str = " ") -> str:
+    """The paired accuracy drop in points with its 95% interval, or '-' without labels."""
+    drop, interval = metrics.get("accuracy_drop"), spread.get("accuracy_drop")
+    if drop is None:
+        return "-"
+    text = f"{100 * drop:+.2f} pt"
+    if interval:
+        text += f"{sep}[{100 * interval[0]:+.2f}, {100 * interval[1]:+.2f}]"
+    return text

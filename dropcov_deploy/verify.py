@@ -29,7 +29,7 @@ from dropcov_deploy.metrics import compare
 from dropcov_deploy.precision import Precision
 from dropcov_deploy.reference import DEFAULT_MAX_INPUT_MB, REFERENCE_FORMAT, Reference, load_reference
 from dropcov_deploy.stats import intervals
-from dropcov_deploy.steps import StepReporter, quiet_step
+from dropcov_deploy.steps import StepReporter, advance, quiet_step
 
 STAGES = ("backbone", "reduced", "covariance", "logits")
 STAGE_GROUP = {"backbone": "backbone", "reduced": "covariance", "covariance": "covariance", "logits": "fc"}
@@ -91,21 +91,29 @@ class VerifyReport:
         }
 
 
-def _inputs(data: Path | None, random: int | None, class_names: list[str] | None, prep, image_size: int) -> tuple[InputSet, np.ndarray | None, str]:
+def _inputs(
+    data: Path | None, dataset: str | None, random: int | None, class_names: list[str] | None, prep, image_size: int, workers: int | None = None
+) -> tuple[InputSet, np.ndarray | None, str]:
     from dropcov_deploy.data.images import list_images, model_labels
     from dropcov_deploy.reference import random_inputs
 
-    if (data is None) == (random is None):
-        raise InputError("give exactly one of --data DIR or --random N")
+    if sum(source is not None for source in (data, dataset, random)) != 1:
+        raise InputError("give exactly one of --data DIR, --dataset digits[:train|val|test] or --random N")
     if random is not None:
         if random < 1:
             raise InputError(f"--random {random}: need at least one input")
         return InputSet(arrays=random_inputs(random, (3, image_size, image_size))), None, f"{random} seeded random inputs"
-    assert data is not None  # exactly one of data/random, checked above
-    images = list_images(data)
+    if dataset is not None:
+        from dropcov_deploy.data.datasets import dataset_images, parse_dataset
+
+        images = dataset_images(parse_dataset(dataset))
+        described = f"{len(images)} images of {images.root} (labelled)"
+    else:
+        assert data is not None  # exactly one source, checked above
+        images = list_images(data)
+        described = f"{len(images)} images from {data}" + (" (labelled)" if images.labels is not None else "")
     labels = model_labels(images, class_names)
-    described = f"{len(images)} images from {data}" + (" (labelled)" if labels is not None else "")
-    return InputSet(paths=images.paths, prep=prep), labels, described
+    return InputSet(paths=images.items, prep=prep, workers=workers), labels, described
 
 
 def _check_fits(path: Path, manifest: Manifest, image_size: int) -> None:
@@ -121,6 +129,8 @@ def torch_reference(
     random: int | None,
     batch_size: int,
     artifacts: dict[Path, Manifest],
+    dataset: str | None = None,
+    workers: int | None = None,
     step: StepReporter = quiet_step,
 ) -> Reference:
     """PyTorch's logits on the inputs, with what a reference file records (needs PyTorch)."""
@@ -137,11 +147,13 @@ def torch_reference(
         _check_fits(path, manifest, prep.crop)
         if manifest.num_classes is not None and manifest.num_classes != info.num_classes:
             raise InputError(f"{path}: has {manifest.num_classes} classes, the checkpoint {checkpoint} {info.num_classes}; not the same model")
-    inputs, labels, described = _inputs(data, random, info.class_names, prep, prep.crop)
-    with step(f"PyTorch reference on {described}"), torch.no_grad():
-        logits = np.concatenate(
-            [loaded.model(torch.from_numpy(chunk[i : i + batch_size])).numpy() for chunk in inputs.chunks() for i in range(0, len(chunk), batch_size)]
-        )
+    inputs, labels, described = _inputs(data, dataset, random, info.class_names, prep, prep.crop, workers)
+    pieces: list[np.ndarray] = []
+    with step(f"PyTorch reference on {described}") as handle, torch.no_grad():
+        for chunk in inputs.chunks():
+            pieces += [loaded.model(torch.from_numpy(chunk[i : i + batch_size])).numpy() for i in range(0, len(chunk), batch_size)]
+            advance(handle, sum(len(p) for p in pieces), len(inputs))
+    logits = np.concatenate(pieces)
     if not np.isfinite(logits).all():
         raise InputError(
             f"{checkpoint}: PyTorch gives NaN or Inf on {int((~np.isfinite(logits)).any(axis=1).sum())} of {described}; no reference to compare against"
@@ -172,6 +184,7 @@ def verify(
     *,
     reference: Path | None = None,
     data: Path | None = None,
+    dataset: str | None = None,
     random: int | None = None,
     batch_size: int = 32,
     gates_file: Path | None = None,
@@ -181,6 +194,7 @@ def verify(
     max_reference_mb: float = DEFAULT_MAX_INPUT_MB,
     strict: bool = False,
     gate_mode: str = "point",
+    workers: int | None = None,
     outputs: Sequence[Path | None] = (),
     step: StepReporter = quiet_step,
 ) -> VerifyReport:
@@ -192,8 +206,8 @@ def verify(
     started = time.perf_counter()
     if (checkpoint is None) == (reference is None):
         raise InputError("give exactly one of --checkpoint CKPT (PyTorch here) or --reference REF.npz (saved by --save-reference)")
-    if reference is not None and random is not None:
-        raise InputError("--random: a reference file holds its own inputs")
+    if reference is not None and (random is not None or dataset is not None):
+        raise InputError(f"{'--random' if random is not None else '--dataset'}: a reference file holds its own inputs")
     if save_reference is not None and checkpoint is None:
         raise InputError("--save-reference needs --checkpoint: a reference is PyTorch's answer")
     if not artifacts and save_reference is None:
@@ -202,6 +216,8 @@ def verify(
         raise InputError(f"--batch-size {batch_size}: must be positive")
     if gate_mode not in gate_rules.GATE_MODES:
         raise InputError(f"--gate-mode {gate_mode!r}: use {' or '.join(gate_rules.GATE_MODES)}")
+    if workers is not None and workers < 0:
+        raise InputError(f"--workers {workers}: must be 0 (decode in the calling thread) or more")
     if not 0 <= max_reference_mb < float("inf"):
         raise InputError(f"--max-reference-mb {max_reference_mb}: must be a number of MB, 0 or more")
     paths = [Path(a) for a in artifacts]
@@ -220,7 +236,9 @@ def verify(
     manifests_by_path = {path: Manifest.read(path) for path in paths}
 
     if checkpoint is not None:
-        ref = torch_reference(checkpoint, data=data, random=random, batch_size=batch_size, artifacts=manifests_by_path, step=step)
+        ref = torch_reference(
+            checkpoint, data=data, dataset=dataset, random=random, batch_size=batch_size, artifacts=manifests_by_path, workers=workers, step=step
+        )
         saved = None
         if save_reference is not None:
             with step(f"saving the reference {save_reference}"):
@@ -229,6 +247,7 @@ def verify(
         assert reference is not None
         with step(f"loading the reference {reference}"):
             ref = load_reference(Path(reference), data)
+        ref.inputs.workers = workers
         for path, manifest in manifests_by_path.items():
             problem = ref.mismatch(path, manifest)
             if problem:
@@ -260,12 +279,15 @@ def verify(
     with contextlib.ExitStack() as stack:
         runners = {path: stack.enter_context(open_runner(path, device)) for path in paths}
         if paths:
-            with step(f"running {', '.join(path.name for path in paths)}"):
+            with step(f"running {', '.join(path.name for path in paths)}") as handle:
+                done = 0
                 for chunk in batch.chunks():
                     for path, runner in runners.items():
                         pieces[path].append(run_batched(runner, chunk, manifests_by_path[path].batch, batch_size))
                     if fingerprinted:
                         fingerprints += input_fingerprints(chunk)
+                    done += len(chunk)
+                    advance(handle, done, len(batch))
         backends = {path: runner.backend for path, runner in runners.items()}
         # e.g. an engine built on another GPU of its compute capability
         runner_warnings = {path: list(getattr(runner, "warnings", None) or []) for path, runner in runners.items()}
@@ -299,11 +321,14 @@ def verify(
         calibrated_on = manifest.calibration_fingerprints()
         overlap = sum(f in calibrated_on for f in fingerprints) if calibrated_on else None
         if overlap:
+            named = manifest.calibration_files()
+            examples = list(dict.fromkeys(named[f] for f in fingerprints if f in named))[:3]
+            which = f" (e.g. {', '.join(examples)})" if examples else ""
             if strict:
                 evaluated["calibration_overlap"] = {"max": 0, "value": overlap, "passed": False}
             else:
                 runner_warnings[path].append(
-                    f"{overlap} of the {len(batch)} inputs were calibration inputs of this artifact: its figures are not held-out (--strict fails this)"
+                    f"{overlap} of the {len(batch)} inputs were calibration inputs of this artifact{which}: its figures are not held-out (--strict fails this)"
                 )
         passed = all(g["passed"] is not False for g in evaluated.values())
         result = ArtifactResult(

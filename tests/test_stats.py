@@ -88,3 +88,17 @@ def test_an_all_must_agree_gate_is_decided_by_the_sample_itself():
     metrics, spread = compare(flipped, reference), intervals(flipped, reference, None)
     one_off = evaluate(metrics, DEFAULT_GATES["fp32"], spread, "point")["top1_agreement"]
     assert one_off["passed"] is False and one_off["decision"] == "fail"
+
+
+def test_samples_needed_is_honest_at_the_ends():
+    """All of them agreeing, or no discordant pair, still leaves an interval (the rule of three):
+    the sample size that decides it is in the hundreds or thousands, never a handful."""
+    from dropcov_deploy.stats import binomial_interval, drop_samples_needed, samples_needed
+
+    n = samples_needed(1.0, 0.995)
+    assert 700 <= n <= 800
+    assert binomial_interval(n, n)[0] >= 0.995 and binomial_interval(n // 2, n // 2)[0] < 0.995
+    m = drop_samples_needed(0.0, 0.001, 0.0)
+    assert 3500 <= m <= 4000
+    assert binomial_interval(0, m)[1] <= 0.001 and binomial_interval(0, m // 2)[1] > 0.001
+    assert samples_needed(0.97, 0.97) is None and samples_needed(0.96, 0.97) > 1000

@@ -22,11 +22,14 @@ ARCH = "resnet10_compact_ACD"
 def test_digits_splits_are_disjoint_real_and_fixed():
     splits = digits.load_splits()
     sizes = {name: len(split.labels) for name, split in splits.items()}
-    assert sizes == {"train": 1198, "val": 299, "calibration": 300}
-    assert np.bincount(splits["calibration"].labels).tolist() == [30] * 10
-    assert sum(sizes.values()) == 1797  # every image used once, none twice
+    assert sizes == {"train": 1038, "val": 259, "test": 500, "calibration": 300}
+    assert sizes["train"] + sizes["val"] + sizes["test"] == 1797  # every image used once, none twice
+    index = {name: set(split.indices.tolist()) for name, split in splits.items()}
+    assert not index["train"] & index["val"] and not index["train"] & index["test"] and not index["val"] & index["test"]
+    assert index["calibration"] <= index["train"]  # calibration comes from the training split only
+    assert np.bincount(splits["test"].labels).tolist() == [50] * 10 and np.bincount(splits["calibration"].labels).tolist() == [30] * 10
     again = digits.load_splits()
-    assert np.array_equal(again["calibration"].images, splits["calibration"].images)
+    assert all(np.array_equal(again[name].images, splits[name].images) for name in splits)
 
 
 @pytest.mark.slow

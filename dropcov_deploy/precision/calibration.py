@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dropcov_deploy.data.datasets import DatasetSpec
 from dropcov_deploy.data.preprocessing import Preprocessing
 from dropcov_deploy.errors import InputError, first_line
 from dropcov_deploy.manifest import Manifest
@@ -39,10 +40,11 @@ def input_fingerprints(inputs: np.ndarray) -> list[str]:
 class CalibrationSet:
     """Preprocessed calibration inputs (N, 3, H, W) float32, with labels when known."""
 
-    source: Path
+    source: Path | str  # a folder or file, or a bundled dataset's split ("digits:train")
     data: np.ndarray
     labels: np.ndarray | None
     sha256: str
+    names: list[str] | None = None  # each input's file (or dataset) name, where it came from images
 
     def __len__(self) -> int:
         return int(self.data.shape[0])
@@ -118,33 +120,38 @@ def calibration_memory_problem(count: int, image_shape: tuple[int, int, int], av
 
 
 def load_calibration(
-    source: str | Path,
+    source: str | Path | DatasetSpec,
     manifest: Manifest,
     size: int | None = DEFAULT_CALIBRATION_SIZE,
 ) -> CalibrationSet:
-    """Load an image folder or .npy/.npz arrays, checked against the model's input."""
+    """Load an image folder, .npy/.npz arrays or a bundled dataset's split, checked against the model's input."""
+    from dropcov_deploy.data.datasets import dataset_images
     from dropcov_deploy.data.images import list_images, load_batch, model_labels
 
-    source = Path(source)
-    if not source.exists():
+    dataset = source if isinstance(source, DatasetSpec) else None
+    source = str(source) if isinstance(source, DatasetSpec) else Path(source)
+    if isinstance(source, Path) and not source.exists():
         raise InputError(f"{source}: no such calibration folder or file")
     if size is not None and size < MIN_CALIBRATION_IMAGES:
         raise InputError(f"--calib-size {size} is too small; use at least {MIN_CALIBRATION_IMAGES}")
-    spec = manifest.require_input(source)
+    spec = manifest.require_input(Path(source))
     channels, height, width = spec.image_shape
-    labels = None
-    if source.is_dir():
-        images = list_images(source)
+    labels = names = None
+    if dataset is not None or (isinstance(source, Path) and source.is_dir()):
+        images = dataset_images(dataset) if dataset is not None else list_images(source)
         chosen = _subsample(len(images), size)
         problem = calibration_memory_problem(len(chosen), spec.image_shape, available_memory_bytes())
         if problem:
             raise InputError(f"{source}: {problem}")
         prep = Preprocessing.from_dict(manifest.preprocessing or {})
-        data = load_batch([images.paths[i] for i in chosen], prep)
+        items = images.items
+        data = load_batch([items[i] for i in chosen], prep)
+        every_name = images.names()
+        names = [every_name[i] for i in chosen]
         found = model_labels(images, manifest.class_names)
         if found is not None:
             labels = found[chosen]
-    elif source.suffix.lower() in (".npy", ".npz"):
+    elif isinstance(source, Path) and source.suffix.lower() in (".npy", ".npz"):
         data = _from_arrays(source, spec.name)
         if data.ndim != 4 or tuple(data.shape[1:]) != (channels, height, width):
             raise InputError(f"{source}: arrays of shape {tuple(data.shape)} do not fit the model's input (N, {channels}, {height}, {width})")
@@ -159,7 +166,7 @@ def load_calibration(
         raise InputError(f"{source}: calibration inputs contain NaN or Inf")
     data = np.ascontiguousarray(data, dtype=np.float32)
     digest = hashlib.sha256(str(data.shape).encode() + data.tobytes()).hexdigest()
-    return CalibrationSet(source=source, data=data, labels=labels, sha256=digest)
+    return CalibrationSet(source=source, data=data, labels=labels, sha256=digest, names=names)
 
 
 def ort_reader(calibration: CalibrationSet, input_name: str, batch_size: int = CALIBRATION_BATCH):
