@@ -29,12 +29,13 @@ from dropcov_deploy.backends.onnxruntime import ort_optimized_path_for
 from dropcov_deploy.build_cache import PrecisionCache
 from dropcov_deploy.engine import plan_path_for
 from dropcov_deploy.errors import InputError
+from dropcov_deploy.layer_names import read_names
 from dropcov_deploy.manifest import Manifest, library_versions, now_utc, sha256_file, sidecar_path
 from dropcov_deploy.precision import Precision, PrecisionRequest, graph_builder
 from dropcov_deploy.precision.fc_choice import FC_CHOICES
 from dropcov_deploy.steps import StepReporter, quiet_step
 
-CACHE_VERSION = "2"  # 2: entries carry their ONNX hash (build_cache)
+CACHE_VERSION = "3"  # 2: entries carry their ONNX hash (build_cache); 3: --keep-float by surgery on the calibrated graph
 HIGH_PRECISIONS = ("fp16", "fp32")
 # every method some target's quantizer takes, in the rows' order (entropy, max, percentile)
 CALIBRATION_METHODS = tuple(dict.fromkeys(m for target in TARGETS.values() for m in target.calibration_methods))
@@ -54,6 +55,9 @@ class BuildOptions:
     out: Path | None = None
     fc: str = "auto"
     high_precision: str = "fp16"  # TensorRT INT8: the unquantized rest (the covariance block stays FP32)
+    keep_float: str | None = None  # layers kept in the higher precision: node names or module paths, comma list or @file
+    exclude_op_types: str | None = None  # every node of these op types kept in the higher precision, comma list
+    autocast_range_check: bool = True  # False: AutoCast puts every node not kept into FP16 (debugger tests)
     cache_dir: Path | None = None
 
 
@@ -106,9 +110,9 @@ def _engine_only(model: Path, source: Manifest, options: BuildOptions, step: Ste
         raise InputError(f"{model}: is already {built_for}; --backend {target.name} builds from the FP32 export{hint}")
     if source.target != target.tag:
         raise InputError(f"{model}: is {built_for}, not for {target.name}; build the FP32 export with --backend {target.name}")
-    if options.out is not None or options.calib is not None or options.dataset is not None:
+    if options.out is not None or options.calib is not None or options.dataset is not None or options.keep_float or options.exclude_op_types:
         raise InputError(
-            f"{model}: is already a {source.precision} graph; --out and --calib apply to the precision step, as does --dataset (for the plan's name use `dropcov-deploy engine --out`)"
+            f"{model}: is already a {source.precision} graph; --out and --calib apply to the precision step, as do --dataset and --keep-float (for the plan's name use `dropcov-deploy engine --out`)"
         )
     engine, engine_manifest = load_hook(target.device_artifact)(
         model, source, batch=options.batch, workspace_gib=options.workspace_gib, timing_cache=options.timing_cache, step=step, log=log
@@ -146,6 +150,30 @@ def _validate(options: BuildOptions) -> tuple[Precision, Target]:
     return precision, target
 
 
+def layers_kept_float(model: Path, options: BuildOptions, precision: Precision) -> list[tuple[str, dict[str, Any]]]:
+    """(node name, manifest entry) for every layer --keep-float and --exclude-op-types name, in
+    graph order; unknown names or op types are refused with near matches."""
+    if options.keep_float is None and options.exclude_op_types is None:
+        return []
+    if not precision.reduced:
+        raise InputError("--keep-float and --exclude-op-types apply to fp16 and int8 builds; an fp32 build keeps everything in FP32")
+    from dropcov_deploy import layer_names
+
+    graph = onnx_io.load(model, load_external_data=False)
+    onnx_io.ensure_node_names(graph)
+    chosen: dict[str, dict[str, Any]] = {}
+    if options.keep_float is not None:
+        for layer in layer_names.resolve(read_names(options.keep_float), graph):
+            chosen[layer.name] = {"node": layer.name, "module": layer.module, "op_type": layer.op_type, "why": "--keep-float"}
+    if options.exclude_op_types is not None:
+        labels = {layer.name: layer.module for layer in layer_names.layers(graph)}
+        types = {node.name: node.op_type for node in graph.graph.node}
+        for name in layer_names.resolve_op_types(read_names(options.exclude_op_types, "--exclude-op-types"), graph):
+            chosen.setdefault(name, {"node": name, "module": labels.get(name), "op_type": types[name], "why": "--exclude-op-types"})
+    order = {node.name: index for index, node in enumerate(graph.graph.node)}
+    return sorted(chosen.items(), key=lambda item: order[item[0]])
+
+
 def calibration_source(options: BuildOptions):
     """What to calibrate on: --calib's folder or file, or --dataset's split (never the held-out test split)."""
     if options.dataset is not None:
@@ -155,7 +183,7 @@ def calibration_source(options: BuildOptions):
     return options.calib
 
 
-def _cache_key(source_sha: str, calibration_sha: str | None, precision: Precision, target: Target, options: BuildOptions) -> str:
+def _cache_key(source_sha: str, calibration_sha: str | None, precision: Precision, target: Target, options: BuildOptions, kept: tuple[str, ...] = ()) -> str:
     import hashlib
 
     fields = [
@@ -169,6 +197,8 @@ def _cache_key(source_sha: str, calibration_sha: str | None, precision: Precisio
         options.fc,
         options.high_precision,
         str(options.calib_size),
+        ",".join(kept),
+        "" if options.autocast_range_check else "no-range-check",
     ]
     return hashlib.sha256("|".join(fields).encode()).hexdigest()[:32]
 
@@ -229,6 +259,8 @@ def build(model: str | Path, options: BuildOptions, step: StepReporter = quiet_s
         if problem:
             raise InputError(problem)
 
+    kept_float = layers_kept_float(model, options, precision)  # a typo fails before the slow work
+
     calibration = reference = None
     calibrate_on = calibration_source(options)
     if calibrate_on is not None:
@@ -237,7 +269,7 @@ def build(model: str | Path, options: BuildOptions, step: StepReporter = quiet_s
         reference = reference_pass(model, calibration)
 
     cache_dir = Path(options.cache_dir) if options.cache_dir else default_cache_dir()
-    key = _cache_key(source_sha, calibration.sha256 if calibration else None, precision, target, options)
+    key = _cache_key(source_sha, calibration.sha256 if calibration else None, precision, target, options, tuple(node for node, _ in kept_float))
     cache = PrecisionCache(cache_dir, log)
     hit = cache.lookup(key)
     cached = hit is not None
@@ -282,6 +314,8 @@ def build(model: str | Path, options: BuildOptions, step: StepReporter = quiet_s
                 calib_method=options.calib_method,
                 fc=options.fc,
                 high_precision=options.high_precision,
+                keep_float=tuple(node for node, _ in kept_float),
+                autocast_range_check=options.autocast_range_check,
             )
             proto, record = graph_builder(precision)(request)
             shutil.rmtree(work)
@@ -291,6 +325,10 @@ def build(model: str | Path, options: BuildOptions, step: StepReporter = quiet_s
             onnx_io.check(staged_onnx)
             if calibration is not None:
                 _check_precision_graph(model, staged_onnx, precision, calibration, reference, record, out)
+        if kept_float:
+            record = {**record, "kept_float": [dict(entry) for _, entry in kept_float]}
+            if options.exclude_op_types:
+                record["exclude_op_types"] = read_names(options.exclude_op_types, "--exclude-op-types")
         manifest.extra["precision_details"] = record
         manifest.sha256 = sha256_file(staged_onnx)
         if not cached:

@@ -182,6 +182,19 @@ def build_command(
     timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="TensorRT timing cache, read and written."),
     fc: str = typer.Option("auto", "--fc", help="INT8 fc treatment: auto (measured), int8, weight-only or float."),
     high_precision: str = typer.Option("fp16", "--high-precision", help="TensorRT INT8: precision of the unquantized rest (covariance stays fp32)."),
+    keep_float: Optional[str] = typer.Option(
+        None,
+        "--keep-float",
+        help="Layers kept in the higher precision (INT8: no Q/DQ; FP16: FP32): ONNX node names or PyTorch module paths (layer3.0.conv2, or a prefix: layer3), comma list or @FILE.",
+    ),
+    exclude_op_types: Optional[str] = typer.Option(
+        None, "--exclude-op-types", help="Keep every node of these ONNX op types in the higher precision, comma list (e.g. Gemm)."
+    ),
+    autocast_range_check: bool = typer.Option(
+        True,
+        "--autocast-range-check/--no-autocast-range-check",
+        help="FP16: AutoCast keeps layers whose values overflow FP16 in FP32 (off: only --keep-float does).",
+    ),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Precision ONNX path \\[default: <model>.<precision>.<cpu|trt>.onnx]."),
     json_out: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
 ) -> None:
@@ -203,6 +216,9 @@ def build_command(
         out=out,
         fc=fc,
         high_precision=high_precision,
+        keep_float=keep_float,
+        exclude_op_types=exclude_op_types,
+        autocast_range_check=autocast_range_check,
     )
     result = build(model, options, step=step)
     if json_out:
@@ -397,6 +413,76 @@ def predict_command(
     from dropcov_deploy import render
 
     render.predictions(results)
+
+
+debug_app = typer.Typer(help="Find what breaks an artifact's precision.", no_args_is_help=True)
+app.add_typer(debug_app, name="debug")
+
+
+@debug_app.command("precision")
+def debug_precision_command(
+    model: Path = typer.Argument(..., help="The FP32 ONNX written by `dropcov-deploy export`."),
+    precision: str = typer.Option("int8", "--precision", "-p", help="int8 or fp16."),
+    calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration images (folder) or preprocessed .npy/.npz."),
+    calib_dataset: Optional[str] = typer.Option(None, "--calib-dataset", help="Calibrate on a bundled split instead: digits[:train|val] (no split: train)."),
+    calib_size: int = typer.Option(512, "--calib-size", help="At most this many calibration inputs (a fixed, seeded subset)."),
+    calib_method: str = typer.Option("entropy", "--calib-method", help="entropy, max or percentile (percentile: CPU target only)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Images to choose the layers on (labelled ImageFolder, or flat)."),
+    dataset: Optional[str] = typer.Option(
+        None, "--dataset", help="A bundled split to choose the layers on: digits[:train|val] (no split: val; test is refused)."
+    ),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="The original model, run in PyTorch now: the reference."),
+    reference: Optional[Path] = typer.Option(None, "--reference", "-r", help="A reference file saved by verify --save-reference (no PyTorch)."),
+    target: str = typer.Option("cpu", "--target", help="cpu (ONNX Runtime's quantizer) or tensorrt (ModelOpt's); candidates run in ONNX Runtime here."),
+    gates: Optional[Path] = typer.Option(None, "--gates", help="JSON file overriding the default gates."),
+    budget: int = typer.Option(100, "--budget", help="At most this many candidate graphs judged (ranking 2 per layer, then the search)."),
+    autocast_range_check: bool = typer.Option(
+        True, "--autocast-range-check/--no-autocast-range-check", help="FP16: AutoCast's own range check (off: every layer starts in FP16)."
+    ),
+    apply: bool = typer.Option(False, "--apply", help="Build the suggested artifact and verify it."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="With --apply: the artifact's path \\[default: build's]."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Write the JSON report here."),
+    json_out: bool = typer.Option(False, "--json", help="Print the JSON report instead of a table."),
+) -> None:
+    """Rank the layers by what FP16/INT8 costs each, find a small set to keep in higher precision that passes every gate, print the build command (exit 1 when none passes)."""
+    from dropcov_deploy import render
+    from dropcov_deploy.atomic import spare_inputs
+    from dropcov_deploy.console import step
+    from dropcov_deploy.debug_precision import DebugOptions, debug_precision
+    from dropcov_deploy.debug_precision import apply as apply_result
+    from dropcov_deploy.errors import GateFailed
+    from dropcov_deploy.reports import write_json
+
+    spare_inputs([report, out], [model, calib, data, checkpoint, reference, gates])
+    options = DebugOptions(
+        precision=precision,
+        calib=calib,
+        calib_dataset=calib_dataset,
+        calib_size=calib_size,
+        calib_method=calib_method,
+        data=data,
+        dataset=dataset,
+        checkpoint=checkpoint,
+        reference=reference,
+        target=target,
+        gates_file=gates,
+        budget=budget,
+        range_check=autocast_range_check,
+    )
+    result = debug_precision(model, options, step=step)
+    if apply and result.passed:
+        result.applied = apply_result(model, options, result, out=out, step=step)
+    data_out = result.to_dict()
+    if report:
+        write_json(report, data_out)
+    if json_out:
+        _print_json(data_out)
+    else:
+        render.debug_precision_report(data_out)
+    if not result.passed:
+        raise GateFailed(f"debug precision: no set of layers kept in higher precision passed every gate within --budget {budget}")
+    if result.applied is not None and not result.applied["passed"]:
+        raise GateFailed(f"debug precision: the applied build {result.applied['artifact']} failed verification")
 
 
 @app.command("inspect")

@@ -223,6 +223,7 @@ def export_onnx(
     step: StepReporter = quiet_step,
 ) -> ExportResult:
     """Export a checkpoint's eval-mode model to ONNX with a manifest beside it."""
+    from dropcov_deploy.layer_names import annotate_module_paths
     from dropcov_deploy.models import load_checkpoint_with_info
 
     started = time.perf_counter()
@@ -246,6 +247,7 @@ def export_onnx(
         head = _family(info).describe_head(info.dim, info.heads)
         with step(f"exporting {info.arch} ({head}, {size}x{size}, opset {opset})"):
             proto = trace_to_onnx(model, size, opset, fixed_batch)
+        annotate_module_paths(proto, model)  # build --keep-float, the precision debugger and --locate name layers by these
         manifest = build_manifest(info, image_size=size, opset=opset, batch=fixed_batch, onnx_path=out)
         onnx_io.set_metadata(proto, manifests.Manifest.from_dict(manifest).metadata_props())
         with step("checking the graph (onnx.checker, shape inference, op rules)"):

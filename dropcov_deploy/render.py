@@ -166,6 +166,9 @@ def build_summary(result: Any) -> None:
         )
     if "fc" in details:
         summary.append(f"fc: {details['fc']['why']}")
+    if details.get("kept_float"):
+        kept = ", ".join(entry.get("module") or entry["node"] for entry in details["kept_float"])
+        summary.append(f"kept in the higher precision: {kept}")
     for op_type, numbers in details.get("sensitive_ops", {}).items():
         summary.append(
             f"{op_type}: {numbers['fp16_nodes']}/{numbers['nodes']} nodes in FP16, max relative error {numbers['max_relative_error']:.1e} "
@@ -176,6 +179,46 @@ def build_summary(result: Any) -> None:
     if result.engine:
         summary.append(f"TensorRT engine: {result.engine}")
     out.print("\n".join(summary), highlight=False)
+
+
+# ------------------------------------------------------------------ debug precision
+def debug_precision_report(report: dict[str, Any]) -> None:
+    """The ranking table, then what to keep and the build command (stdout); notes on stderr."""
+    table = Table(
+        title=f"debug precision: {report['precision']} for {report['target']}, {report['samples']} inputs, "
+        f"{report['candidates']} of {report['budget']} candidate graphs; baseline top-1 {report['baseline'].get('top1_agreement', 0):.4f}"
+    )
+    for column in ("rank", "layer", "op", "alone reduced: top-1", "rel. error", "alone kept: top-1", "rel. error ", "kept"):
+        table.add_column(column, no_wrap=column not in ("layer",), overflow="fold")
+    kept = set(report["keep_float"])
+    for rank, row in enumerate(report["ranking"], 1):
+        alone, float_ = row["metrics_alone_quantized"], row["metrics_kept_float"]
+
+        def error(metrics: dict[str, Any]) -> str:
+            return f"{metrics['nonfinite']} NaN/Inf" if metrics.get("nonfinite") else f"{metrics.get('relative_error', 0):.1e}"
+
+        table.add_row(
+            str(rank),
+            escape(row["layer"]),
+            row["op_type"],
+            f"{alone.get('top1_agreement', 0):.4f}",
+            error(alone),
+            f"{float_.get('top1_agreement', 0):.4f}",
+            error(float_),
+            "[bold]yes[/]" if row["layer"] in kept else "",
+        )
+    if report["ranking"]:
+        out.print(table)
+    for note in report.get("notes", []):
+        err.print(f"note: {escape(note)}", highlight=False)
+    if report["passed"]:
+        what = ", ".join(report["keep_float"]) or "nothing"
+        out.print(f"keep in the higher precision: [bold]{escape(what)}[/] (every gate passes)", highlight=False)
+        out.print(escape(report["command"]), highlight=False, soft_wrap=True)
+    applied = report.get("applied")
+    if applied:
+        verdict = "[green]pass[/]" if applied["passed"] else "[red]FAIL[/]"
+        out.print(f"applied: built {escape(applied['artifact'])}, verify {verdict}", highlight=False)
 
 
 # ------------------------------------------------------------------ verify, bench, predict
@@ -227,6 +270,19 @@ def verify_table(report: dict[str, Any]) -> None:
         located = artifact.get("locate")
         if located and not located.get("supported"):
             out.print(f"[dim]locate {escape(Path(artifact['path']).name)}: {escape(located.get('why', 'not supported'))}[/]", highlight=False)
+        traced = (located or {}).get("layers") or {}
+        if traced.get("supported") and traced.get("worst"):
+            first, worst = traced["first"], traced["worst"]
+            where = (
+                f"first layer past {traced['tolerance']:g}: [bold]{escape(first['layer'])}[/] ({first['relative_error']:.1e})"
+                if first
+                else "no layer past the tolerance"
+            )
+            out.print(
+                f"locate {escape(Path(artifact['path']).name)}: {traced['compared']} layers against {escape(Path(traced['reference']).name)}; "
+                f"{where}; worst: [bold]{escape(worst['layer'])}[/] ({worst['relative_error']:.1e})",
+                highlight=False,
+            )
         if located and located.get("supported"):
             errors = ", ".join(f"{k} {v:.1e}" for k, v in located["relative_error"].items())
             out.print(

@@ -137,11 +137,12 @@ def intervals(logits: np.ndarray, reference: np.ndarray, labels: np.ndarray | No
     accuracy drop (the same finite-value handling as `metrics.compare`)."""
     logits, reference = np.asarray(logits, np.float64), np.asarray(reference, np.float64)
     finite = np.isfinite(logits) & np.isfinite(reference)
-    safe, reference = np.where(finite, logits, 0.0), np.where(finite, reference, 0.0)
+    artifact_ok, reference_ok = np.isfinite(logits).all(axis=1), np.isfinite(reference).all(axis=1)
+    ref_top1 = np.where(np.isfinite(reference), reference, -np.inf).argmax(axis=1)
+    safe = np.where(finite, logits, 0.0)
     n = len(safe)
-    ref_top1 = reference.argmax(axis=1)
-    agree = safe.argmax(axis=1) == ref_top1
-    top5 = (np.argsort(-safe, axis=1)[:, : min(5, safe.shape[1])] == ref_top1[:, None]).any(axis=1)
+    agree = (safe.argmax(axis=1) == ref_top1) & artifact_ok & reference_ok
+    top5 = (np.argsort(-safe, axis=1)[:, : min(5, safe.shape[1])] == ref_top1[:, None]).any(axis=1) & artifact_ok & reference_ok
     found: dict[str, Any] = {
         "confidence": confidence,
         "samples": n,
@@ -149,7 +150,7 @@ def intervals(logits: np.ndarray, reference: np.ndarray, labels: np.ndarray | No
         "top5_agreement": list(binomial_interval(int(top5.sum()), n, confidence)),
     }
     if labels is not None:
-        artifact_right, reference_right = safe.argmax(axis=1) == labels, ref_top1 == labels
+        artifact_right, reference_right = (safe.argmax(axis=1) == labels) & artifact_ok, (ref_top1 == labels) & reference_ok
         found["accuracy"] = list(binomial_interval(int(artifact_right.sum()), n, confidence))
         found["reference_accuracy"] = list(binomial_interval(int(reference_right.sum()), n, confidence))
         found["accuracy_drop"] = list(paired_drop_interval(reference_right, artifact_right, confidence))

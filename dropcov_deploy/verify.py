@@ -348,7 +348,7 @@ def verify(
                 result.locate = {"supported": False, "why": "locating a stage needs the PyTorch model: run verify --checkpoint where PyTorch is installed"}
             else:
                 with step(f"locating the first diverging stage of {path.name}"):
-                    result.locate = locate_divergence(ref.model, path, batch.head(16), precision)
+                    result.locate = locate_divergence(ref.model, path, batch.head(16), precision, fp32=_fp32_graph(fp32_onnx, manifest))
         results.append(result)
     return VerifyReport(samples=len(batch), reference=reference_summary, artifacts=results, seconds=time.perf_counter() - started)
 
@@ -389,8 +389,20 @@ def _torch_stages(model, batch: np.ndarray) -> dict[str, np.ndarray]:
     return {stage: stages[stage].double().numpy() for stage in STAGES}
 
 
-def locate_divergence(model, path: Path, batch: np.ndarray, precision: str | Precision) -> dict[str, Any]:
-    """Relative error per stage against PyTorch, and the first stage past the tolerance."""
+def _fp32_graph(given: Path | None, manifest: Manifest) -> Path | None:
+    """The FP32 ONNX a precision artifact's layers are traced against: the one given to verify,
+    else the source its manifest records, where that file is here."""
+    if manifest.precision is Precision.FP32:
+        return None
+    if given is not None:
+        return given
+    source = (manifest.get("source_onnx") or {}).get("path") if isinstance(manifest.get("source_onnx"), dict) else None
+    return Path(source) if source and Path(source).is_file() else None
+
+
+def locate_divergence(model, path: Path, batch: np.ndarray, precision: str | Precision, fp32: Path | None = None) -> dict[str, Any]:
+    """Relative error per stage against PyTorch, and the first stage past the tolerance; with the
+    FP32 ONNX, also every layer against it (`layer_trace`): the first and the worst layer."""
     from dropcov_deploy.metrics import relative_error
 
     if artifact_kind(path) != ONNX:
@@ -400,10 +412,15 @@ def locate_divergence(model, path: Path, batch: np.ndarray, precision: str | Pre
     tolerance = LOCATE_TOLERANCE[Precision.parse(precision)]
     errors = {stage: relative_error(actual[stage].reshape(expected[stage].shape), expected[stage]) for stage in STAGES}
     first = next((stage for stage in STAGES if errors[stage] > tolerance), None)
-    return {
+    found: dict[str, Any] = {
         "supported": True,
         "tolerance": tolerance,
         "relative_error": errors,
         "first_diverging_tensor": first,
         "stage": STAGE_GROUP.get(first) if first else None,
     }
+    if fp32 is not None:
+        from dropcov_deploy.layer_trace import trace_layers
+
+        found["layers"] = trace_layers(path, fp32, batch, tolerance)
+    return found

@@ -77,7 +77,7 @@ class Target:
     runs: str  # the artifact kind its runner opens (manifest.ONNX or manifest.TENSORRT_ENGINE)
     precisions: tuple[Precision, ...]
     calibration_methods: tuple[str, ...]
-    int8_quantizer: str  # hook: (onnx_path, calibration, method, high_precision) -> (ModelProto, pinned nodes, record extras)
+    int8_quantizer: str  # hook: (onnx_path, calibration, method, high_precision, keep_float=()) -> (ModelProto, pinned nodes, record extras)
     fc_policy: str  # "fastest": measure CPU latency among the accurate; "smallest": int8 > weight-only > float
     status: str  # hook: () -> (available, one-line reason)
     runner: str  # hook: (path, device, threads, cuda_graph=False) -> Runner

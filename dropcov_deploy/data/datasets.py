@@ -31,21 +31,27 @@ def describe(name: str) -> str:
     return f"{name}[:{'|'.join(BUNDLED[name])}]"
 
 
-def parse_dataset(text: str, *, for_calibration: bool = False) -> DatasetSpec:
+def parse_dataset(text: str, *, for_calibration: bool = False, for_selection: bool = False) -> DatasetSpec:
     """`digits`, `digits:train`, `digits:val` or `digits:test`. Without a split: the test split
-    for verify and bench, the train split for calibration. Calibrating on the test split is
+    for verify and bench, the train split for calibration, the val split for choosing a
+    precision treatment (`debug precision`). Calibrating or choosing on the test split is
     refused: that split is what the published figures are measured on."""
     name, _, split = text.strip().partition(":")
     if name not in BUNDLED:
         raise InputError(f"--dataset {text!r} is unknown; bundled: {', '.join(describe(n) for n in BUNDLED)}")
     splits = BUNDLED[name]
-    split = split or (splits[0] if for_calibration else splits[-1])
+    split = split or (splits[0] if for_calibration else splits[1] if for_selection else splits[-1])
     if split not in splits:
         raise InputError(f"--dataset {text!r}: {name} has splits {', '.join(splits)}")
     if for_calibration and split == HELD_OUT:
         raise InputError(
             f"--dataset {text}: the held-out {HELD_OUT} split is for verification only; calibrate on {name}:{splits[0]} "
             "(a calibration set scored by verify is not held out)"
+        )
+    if for_selection and split == HELD_OUT:
+        raise InputError(
+            f"--dataset {text}: the held-out {HELD_OUT} split is for verification only; choose layers on {name}:{splits[1]} "
+            "(layers chosen on the test split make its figures a selection, not a held-out estimate)"
         )
     return DatasetSpec(name, split)
 

@@ -67,6 +67,8 @@ class PrecisionRequest:
     calib_method: str = "entropy"
     fc: str = "auto"
     high_precision: str = "fp16"
+    keep_float: tuple[str, ...] = ()  # node names kept in the higher precision (build --keep-float / --exclude-op-types)
+    autocast_range_check: bool = True  # False: AutoCast sends every node not named to FP16, whatever its ranges (debugger tests)
 
 
 # One module per precision, each with `precision_graph(request) -> (ModelProto, manifest record)`.

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from dropcov_deploy import head_graph, onnx_io
+from dropcov_deploy.precision.keep_float import bypass_input_qdq, restore_float_weights
 
 FC_MODES = ("int8", "weight-only", "float")
 FC_CHOICES = ("auto", *FC_MODES)
@@ -27,50 +28,6 @@ LATENCY_WARMUP, LATENCY_RUNS = 3, 15
 
 
 # ------------------------------------------------------------------ surgery
-def _bypass_activation_qdq(model, fc) -> bool:
-    """fc input: X -> Q -> DQ -> fc becomes X -> fc. True when there was a pair to remove."""
-    made_by = onnx_io.producers(model)
-    dq = made_by.get(fc.input[0])
-    if dq is None or dq.op_type != "DequantizeLinear":
-        return False
-    q = made_by.get(dq.input[0])
-    if q is None or q.op_type != "QuantizeLinear":
-        return False
-    fc.input[0] = q.input[0]
-    consumers = onnx_io.consumers(model)
-    if not [n for n in consumers.get(dq.output[0], []) if n is not fc]:
-        model.graph.node.remove(dq)
-    if not [n for n in consumers.get(q.output[0], []) if n is not dq]:
-        model.graph.node.remove(q)
-    return True
-
-
-def _float_weights(model, fc, source_fc, source_initializers) -> None:
-    """Replace the fc's dequantized weight (and bias) by the original weights, in the fc's float type."""
-    from onnx import TensorProto, numpy_helper
-
-    made_by = onnx_io.producers(model)
-    initializers = {t.name: t for t in model.graph.initializer}
-    for position in (1, 2):
-        if position >= len(fc.input) or position >= len(source_fc.input):
-            continue
-        original = numpy_helper.to_array(source_initializers[source_fc.input[position]])
-        dtype: Any
-        producer = made_by.get(fc.input[position])
-        current_name = fc.input[position]
-        if producer is not None and producer.op_type == "DequantizeLinear":
-            scale = initializers.get(producer.input[1])
-            dtype = np.float16 if scale is not None and scale.data_type == TensorProto.FLOAT16 else np.float32
-        elif current_name in initializers:
-            dtype = numpy_helper.to_array(initializers[current_name]).dtype
-        else:
-            continue
-        name = f"{source_fc.input[position]}_float"
-        model.graph.initializer.append(numpy_helper.from_array(original.astype(dtype), name=name))
-        fc.input[position] = name
-    onnx_io.drop_dead_nodes(model)
-
-
 def _add_fc_qdq(model, fc, source_fc, source_initializers, act_amax: float | None) -> None:
     """Per-channel symmetric INT8 weights (Q/DQ) and, with `act_amax`, a per-tensor input Q/DQ."""
     from onnx import TensorProto, helper, numpy_helper
@@ -135,8 +92,8 @@ def fc_variant(quantized, source, mode: str, act_amax: float | None = None):
     fc = head_graph.fc_node(model)
     source_fc = head_graph.fc_node(source)
     initializers = {t.name: t for t in source.graph.initializer}
-    _bypass_activation_qdq(model, fc)
-    _float_weights(model, fc, source_fc, initializers)
+    bypass_input_qdq(model, fc, 0)
+    restore_float_weights(model, fc, source_fc, initializers, (1, 2))
     fc = head_graph.fc_node(model)
     if mode != "float":
         if mode == "int8" and act_amax is None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dropcov_deploy import onnx_io
+from dropcov_deploy import head_graph, onnx_io
 from dropcov_deploy.backends import load_hook
 from dropcov_deploy.errors import InputError
 from dropcov_deploy.precision import PrecisionRequest
@@ -24,13 +24,14 @@ def precision_graph(request: PrecisionRequest) -> tuple[Any, dict[str, Any]]:
     onnx_io.ensure_node_names(source)
     quantize = load_hook(target.int8_quantizer)
     with request.step(f"calibrating and quantizing for {target.tag} ({len(calibration)} images, {request.calib_method})"):
-        quantized, pinned, quantizer_record = quantize(request.model, calibration, request.calib_method, request.high_precision)
-    modes = "int8, weight-only, float" if request.fc == "auto" else request.fc
+        quantized, pinned, quantizer_record = quantize(request.model, calibration, request.calib_method, request.high_precision, keep_float=request.keep_float)
+    fc = "float" if head_graph.fc_node(source).name in request.keep_float else request.fc  # --keep-float fc: no INT8 there
+    modes = "int8, weight-only, float" if fc == "auto" else fc
     with request.step(f"measuring fc treatments ({modes})"):
         chosen, fc_record = choose_fc_variant(
             quantized,
             source,
-            fc=request.fc,
+            fc=fc,
             policy=target.fc_policy,
             fc_amax=reference.fc_input_amax,
             calibration=calibration,

@@ -29,6 +29,7 @@ from dropcov_deploy import head_graph, onnx_io
 from dropcov_deploy.errors import BackendFailed, InputError
 from dropcov_deploy.precision.calibration import CalibrationSet, ort_reader
 from dropcov_deploy.precision.fp16 import autocast_fp16, require_modelopt
+from dropcov_deploy.precision.keep_float import keep_layers_float
 from dropcov_deploy.precision.quiet import quiet_quantizers
 
 
@@ -50,7 +51,12 @@ def stem_conv(model) -> list[str]:
 
 
 def quantize_cpu(
-    onnx_path: Path, calibration: CalibrationSet, method: str = "entropy", high_precision: str = "fp32", input_name: str = "input"
+    onnx_path: Path,
+    calibration: CalibrationSet,
+    method: str = "entropy",
+    high_precision: str = "fp32",
+    input_name: str = "input",
+    keep_float: tuple[str, ...] = (),
 ) -> tuple[Any, list[str], dict[str, Any]]:
     """ONNX Runtime QDQ for its CPU kernels: per-channel symmetric INT8 weights, UINT8 activations
     (the U8S8 pair that ONNX Runtime fuses into QLinearConv on x86). The rest stays FP32 whatever
@@ -59,7 +65,8 @@ def quantize_cpu(
         named, model = _named_copy(onnx_path, Path(tmp))
         pinned, stem = head_graph.covariance_block(model), stem_conv(model)
         out = Path(tmp) / "int8.onnx"
-        request = {"named": str(named), "out": str(out), "method": method, "exclude": [*pinned, *stem], "input": input_name}
+        exclude = [*pinned, *stem]
+        request = {"named": str(named), "out": str(out), "method": method, "exclude": exclude, "input": input_name}
         if "modelopt.onnx.quantization" in sys.modules:
             # ModelOpt patches onnxruntime.quantization's calibrators in-process for TensorRT;
             # run ONNX Runtime's own quantizer in a fresh process, where those patches do not exist.
@@ -72,9 +79,11 @@ def quantize_cpu(
                 last = (result.stderr.strip().splitlines() or ["no message"])[-1]
                 raise BackendFailed(f"{onnx_path}: ONNX Runtime quantization failed: {last}")
         else:
-            ort_quantize_static(named, calibration, out, method, [*pinned, *stem], input_name)
-        model = onnx_io.load(out)
-        unquantize_block_inputs(model, pinned)
+            ort_quantize_static(named, calibration, out, method, exclude, input_name)
+        quantized = onnx_io.load(out)
+        unquantize_block_inputs(quantized, pinned)
+        # every layer was calibrated; the kept ones lose their Q/DQ here (as the precision debugger's candidates do)
+        model = keep_layers_float(quantized, model, keep_float) if keep_float else quantized
         return model, pinned, {"high_precision": "fp32", "fp32_nodes": stem}
 
 
@@ -129,7 +138,12 @@ def ort_quantize_static(named: Path, calibration: CalibrationSet, out: Path, met
 
 
 def quantize_tensorrt(
-    onnx_path: Path, calibration: CalibrationSet, method: str = "entropy", high_precision: str = "fp16", input_name: str = "input"
+    onnx_path: Path,
+    calibration: CalibrationSet,
+    method: str = "entropy",
+    high_precision: str = "fp16",
+    input_name: str = "input",
+    keep_float: tuple[str, ...] = (),
 ) -> tuple[Any, list[str], dict[str, Any]]:
     """ModelOpt INT8 Q/DQ for TensorRT, the rest in `high_precision`."""
     require_modelopt()
@@ -154,8 +168,9 @@ def quantize_tensorrt(
                 output_path=str(out),
                 log_level="ERROR",
             )
-        model = onnx_io.load(out)
-        unquantize_block_inputs(model, pinned)
+        quantized = onnx_io.load(out)
+        unquantize_block_inputs(quantized, pinned)
+        model = keep_layers_float(quantized, model, keep_float) if keep_float else quantized
         if high_precision == "fp16":
             onnx_io.save(model, out)
             model = autocast_fp16(out, calibration, pinned, input_name, opset=max(19, onnx_io.opset(model)))
