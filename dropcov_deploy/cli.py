@@ -439,6 +439,7 @@ def debug_precision_command(
     autocast_range_check: bool = typer.Option(
         True, "--autocast-range-check/--no-autocast-range-check", help="FP16: AutoCast's own range check (off: every layer starts in FP16)."
     ),
+    high_precision: str = typer.Option("fp16", "--high-precision", help="--target tensorrt INT8: precision of the unquantized rest, as build's."),
     apply: bool = typer.Option(False, "--apply", help="Build the suggested artifact and verify it."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="With --apply: the artifact's path \\[default: build's]."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write the JSON report here."),
@@ -453,7 +454,19 @@ def debug_precision_command(
     from dropcov_deploy.errors import GateFailed
     from dropcov_deploy.reports import write_json
 
-    spare_inputs([report, out], [model, calib, data, checkpoint, reference, gates])
+    outputs: list[Path | None] = [report, out]
+    if apply:  # the build's own outputs (its sidecar, the ORT model) must not be a --report either
+        from dropcov_deploy.backends import get_target
+        from dropcov_deploy.backends.onnxruntime import ort_optimized_path_for
+        from dropcov_deploy.build import default_output
+        from dropcov_deploy.debug_precision import TARGET_BACKENDS
+        from dropcov_deploy.manifest import sidecar_path
+        from dropcov_deploy.precision import Precision
+
+        if target in TARGET_BACKENDS:
+            built = out or default_output(model, Precision.parse(precision), get_target(TARGET_BACKENDS[target]))
+            outputs = [report, built, sidecar_path(built), ort_optimized_path_for(built)]
+    spare_inputs(outputs, [model, calib, data, checkpoint, reference, gates])
     options = DebugOptions(
         precision=precision,
         calib=calib,
@@ -468,13 +481,16 @@ def debug_precision_command(
         gates_file=gates,
         budget=budget,
         range_check=autocast_range_check,
+        high_precision=high_precision,
     )
     result = debug_precision(model, options, step=step)
+    if report:  # the search is saved before --apply, which may stop on a missing backend
+        write_json(report, result.to_dict())
     if apply and result.passed:
         result.applied = apply_result(model, options, result, out=out, step=step)
+        if report:
+            write_json(report, result.to_dict())
     data_out = result.to_dict()
-    if report:
-        write_json(report, data_out)
     if json_out:
         _print_json(data_out)
     else:

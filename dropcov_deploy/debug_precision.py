@@ -56,6 +56,7 @@ class DebugOptions:
     gates_file: Path | None = None
     budget: int = DEFAULT_BUDGET
     range_check: bool = True  # FP16: AutoCast's own range check (off: every layer FP16, for tests)
+    high_precision: str = "fp16"  # TensorRT-target INT8: what the unquantized rest runs in (as build's --high-precision)
     batch_size: int = 64
 
 
@@ -117,10 +118,20 @@ class Judge:
     distinct kept set is judged once and counted against the budget."""
 
     def __init__(
-        self, derive: Callable[[frozenset[str]], Any], inputs: np.ndarray, expected: np.ndarray, labels, gates, batch_size: int, budget: int, work: Path
+        self,
+        derive: Callable[[frozenset[str]], Any],
+        inputs: np.ndarray,
+        expected: np.ndarray,
+        labels,
+        gates,
+        batch_size: int,
+        budget: int,
+        work: Path,
+        accepts=None,
     ):
         self.derive, self.inputs, self.expected, self.labels = derive, inputs, expected, labels
         self.gates, self.batch_size, self.budget, self.work = gates, batch_size, budget, work
+        self.accepts = accepts  # the model's batch range (a fixed-batch export gets padded batches)
         self.seen: dict[frozenset[str], Candidate] = {}
         self.on_judged: Callable[[int], None] = lambda _: None
 
@@ -133,13 +144,14 @@ class Judge:
             return self.seen[kept]
         if self.left <= 0:
             raise BudgetSpent
+        from dropcov_deploy.backends import run_batched
         from dropcov_deploy.backends.onnxruntime import OnnxRuntimeRunner
 
         path = self.work / f"candidate_{len(self.seen)}.onnx"
         onnx_io.save(self.derive(kept), path)
         runner = OnnxRuntimeRunner(path)
         try:
-            outputs = np.concatenate([runner(self.inputs[i : i + self.batch_size]) for i in range(0, len(self.inputs), self.batch_size)])
+            outputs = run_batched(runner, self.inputs, self.accepts, self.batch_size)
         finally:
             runner.close()
             path.unlink(missing_ok=True)
@@ -199,6 +211,11 @@ def _evaluation(options: DebugOptions, manifests: dict[Path, Manifest], model: P
         problem = ref.mismatch(model, manifests[model])
         if problem:
             raise InputError(problem)
+        recorded = ref.meta.get("dataset")
+        if isinstance(recorded, str):
+            from dropcov_deploy.data.datasets import parse_dataset
+
+            parse_dataset(recorded, for_selection=True)  # a reference of the held-out split is refused here too
     else:
         dataset = None
         if options.dataset is not None:
@@ -213,6 +230,14 @@ def _evaluation(options: DebugOptions, manifests: dict[Path, Manifest], model: P
         )
     family_gates = gate_rules.check_overrides(ref.meta.get("family_gates") or {}, f"{options.reference or options.checkpoint} (the model family's gates)")
     gates = gate_rules.with_overrides(gate_rules.with_overrides(gate_rules.DEFAULT_GATES, family_gates), gate_rules.read_overrides(options.gates_file))
+    from dropcov_deploy.memory import available_memory_bytes
+
+    needed, available = ref.inputs.nbytes(), available_memory_bytes()
+    if available is not None and 2 * needed > available:
+        raise InputError(
+            f"{options.data or options.reference}: {len(ref.inputs)} inputs need {needed / 1e9:.1f} GB held at once for the search, "
+            f"{available / 1e9:.1f} GB is available; choose layers on a smaller folder (a few hundred to a few thousand images)"
+        )
     return ref.inputs.materialize(), ref.logits, ref.labels, gates, ref.described
 
 
@@ -236,14 +261,20 @@ def debug_precision(model: str | Path, options: DebugOptions, step: StepReporter
         raise InputError(f"--budget {options.budget}: need at least 3 candidate graphs (the baseline, all kept, one more)")
     if (options.calib is None) == (options.calib_dataset is None):
         raise InputError("give the calibration data: --calib DIR|FILE or --calib-dataset digits[:train|val]")
+    if options.high_precision not in ("fp16", "fp32"):
+        raise InputError(f"--high-precision {options.high_precision!r}: use fp16 or fp32")
     source = source_manifest(model)
     if source.precision is not Precision.FP32:
         raise InputError(f"{model}: is a {source.precision} graph; debug the FP32 export it was built from")
     target = get_target(TARGET_BACKENDS[options.target])
+    if precision is Precision.INT8 and options.calib_method not in target.calibration_methods:
+        raise InputError(f"--calib-method {options.calib_method!r}: --target {options.target} takes {' or '.join(target.calibration_methods)}")
+    calibrate_on = parse_dataset(options.calib_dataset, for_calibration=True) if options.calib_dataset else options.calib
+    if isinstance(calibrate_on, Path) and not calibrate_on.exists():
+        raise InputError(f"{calibrate_on}: no such calibration folder or file")
     graph = onnx_io.load(model)
     onnx_io.ensure_node_names(graph)
     inputs, expected, labels, gates, described = _evaluation(options, {model: source}, model, step)
-    calibrate_on = parse_dataset(options.calib_dataset, for_calibration=True) if options.calib_dataset else options.calib
     with step(f"loading calibration data {calibrate_on}"):
         calibration = load_calibration(calibrate_on, source, options.calib_size)  # type: ignore[arg-type]
 
@@ -252,10 +283,28 @@ def debug_precision(model: str | Path, options: DebugOptions, step: StepReporter
         named = work / "named.onnx"
         onnx_io.save(graph, named)
         if precision is Precision.INT8:
+            from dropcov_deploy import head_graph
+            from dropcov_deploy.precision.calibration import reference_pass
+            from dropcov_deploy.precision.fc_choice import fc_variant
+            from dropcov_deploy.precision.fp16 import autocast_fp16
+
             quantize = load_hook(target.int8_quantizer)
             with step(f"calibrating and quantizing every layer once ({len(calibration)} images, {options.calib_method})"):
                 base, pinned, _ = quantize(named, calibration, options.calib_method, "fp32")
-            derive = lambda kept: keep_layers_float(base, graph, kept)  # noqa: E731
+                fc_amax = reference_pass(model, calibration).fc_input_amax
+            fc_name = head_graph.fc_node(graph).name
+            to_fp16 = target.name == "tensorrt" and options.high_precision == "fp16"
+
+            def derive(kept: frozenset[str]):
+                """What `build --keep-float ... --fc int8` makes: the kept layers lose their Q/DQ, (TensorRT
+                target) the unquantized rest goes to FP16 by AutoCast, then the fc's treatment (float when kept)."""
+                graph_now = keep_layers_float(base, graph, kept - {fc_name})
+                if to_fp16:
+                    staged = work / "autocast_input.onnx"
+                    onnx_io.save(graph_now, staged)
+                    graph_now = autocast_fp16(staged, calibration, list(pinned), opset=max(19, onnx_io.opset(graph_now)))
+                return fc_variant(graph_now, graph, "float" if fc_name in kept else "int8", fc_amax)
+
         else:
             from dropcov_deploy import head_graph
             from dropcov_deploy.layer_names import with_trailing_activations
@@ -275,7 +324,7 @@ def debug_precision(model: str | Path, options: DebugOptions, step: StepReporter
 
         reduced = _reduced_layers(base, graph, precision, set(pinned))
         every = frozenset(layer.name for layer in reduced)
-        judge = Judge(derive, inputs, expected, labels, gates.get(precision, gates[Precision.FP32]), options.batch_size, options.budget, work)
+        judge = Judge(derive, inputs, expected, labels, gates.get(precision, gates[Precision.FP32]), options.batch_size, options.budget, work, source.batch)
         notes: list[str] = []
         with step(f"judging candidates ({len(reduced)} layers in {precision}, up to {options.budget} graphs)") as handle:
             judge.on_judged = lambda count: advance(handle, count, options.budget)
@@ -303,9 +352,8 @@ def debug_precision(model: str | Path, options: DebugOptions, step: StepReporter
                 ranked = [row["nodes"][0] for row in rows] + [layer.name for layer in reduced if layer.name not in {r["nodes"][0] for r in rows}]
                 chosen, more = search(judge, ranked, every)
                 notes += more
-    labels_of = {layer.name: layer.label for layer in reduced}
-    keep = [labels_of[name] for name in chosen] if chosen else []
-    command = suggested_command(model, options, keep)
+    keep = _names_for_build(graph, reduced, chosen or [])
+    command = suggested_command(model, options, keep, precision)
     return DebugResult(
         precision=precision.value,
         target=options.target,
@@ -347,15 +395,34 @@ def _reduced_layers(base, graph, precision: Precision, pinned: set[str]) -> list
     return found
 
 
-def suggested_command(model: Path, options: DebugOptions, keep: list[str]) -> str:
-    """The `build` that makes the artifact the search judged."""
-    words = ["dropcov-deploy", "build", str(model), "--precision", Precision.parse(options.precision).value]
+def _names_for_build(graph, reduced: list[layer_names.Layer], chosen: list[str]) -> list[str]:
+    """Each chosen layer by module path where that path resolves to exactly this node in `build`,
+    else by its node name (a shared or repeated module path would keep more than was judged)."""
+    by_node = {layer.name: layer for layer in reduced}
+    names = []
+    for node in chosen:
+        label = by_node[node].label
+        try:
+            exact = [layer.name for layer in layer_names.resolve([label], graph)] == [node]
+        except InputError:
+            exact = False
+        names.append(label if exact else node)
+    return names
+
+
+def suggested_command(model: Path, options: DebugOptions, keep: list[str], precision: Precision) -> str:
+    """The `build` that makes the artifact the search judged (INT8: the fc's treatment fixed as judged)."""
+    words = ["dropcov-deploy", "build", str(model), "--precision", precision.value]
     words += ["--calib", str(options.calib)] if options.calib is not None else ["--dataset", str(options.calib_dataset)]
     if options.calib_size is not None:
         words += ["--calib-size", str(options.calib_size)]
     if options.calib_method != "entropy":
         words += ["--calib-method", options.calib_method]
     words += ["--backend", TARGET_BACKENDS[options.target]]
+    if precision is Precision.INT8:
+        words += ["--fc", "int8"]  # as judged; a kept fc is float through --keep-float
+        if options.target == "tensorrt":
+            words += ["--high-precision", options.high_precision]
     if not options.range_check:
         words.append("--no-autocast-range-check")
     if keep:
@@ -366,24 +433,33 @@ def suggested_command(model: Path, options: DebugOptions, keep: list[str]) -> st
 def apply(model: Path, options: DebugOptions, result: DebugResult, out: Path | None = None, step: StepReporter = quiet_step) -> dict[str, Any]:
     """Build what the search found (`build --keep-float ...`) and verify it on the same data: the
     build the suggested command makes, checked end to end (fc choice, graph checks included)."""
-    from dropcov_deploy.build import BuildOptions, build
+    from dropcov_deploy.backends import get_target
+    from dropcov_deploy.build import BuildOptions, build, default_output
+    from dropcov_deploy.errors import BackendUnavailable, first_line
     from dropcov_deploy.verify import verify
 
-    built = build(
-        model,
-        BuildOptions(
-            precision=result.precision,
-            calib=options.calib,
-            dataset=options.calib_dataset,
-            calib_size=options.calib_size,
-            calib_method=options.calib_method,
-            backend=TARGET_BACKENDS[options.target],
-            keep_float=",".join(result.keep_float) if result.keep_float else None,
-            autocast_range_check=options.range_check,
-            out=out,
-        ),
-        step=step,
+    precision = Precision.parse(result.precision)
+    options_for_build = BuildOptions(
+        precision=precision,
+        calib=options.calib,
+        dataset=options.calib_dataset,
+        calib_size=options.calib_size,
+        calib_method=options.calib_method,
+        backend=TARGET_BACKENDS[options.target],
+        keep_float=",".join(result.keep_float) if result.keep_float else None,
+        autocast_range_check=options.range_check,
+        fc="int8" if precision is Precision.INT8 else "auto",
+        high_precision=options.high_precision,
+        out=out,
     )
+    engine_note = None
+    try:
+        precision_onnx = build(model, options_for_build, step=step).precision_onnx
+    except BackendUnavailable as exc:  # no TensorRT here: the precision ONNX is published before the engine step
+        precision_onnx = Path(out) if out is not None else default_output(model, precision, get_target(options_for_build.backend))
+        if not precision_onnx.exists():
+            raise
+        engine_note = first_line(exc)
     dataset = options.dataset
     if dataset is not None:
         from dropcov_deploy.data.datasets import parse_dataset
@@ -391,7 +467,7 @@ def apply(model: Path, options: DebugOptions, result: DebugResult, out: Path | N
         dataset = str(parse_dataset(dataset, for_selection=True))
     report = verify(
         options.checkpoint,
-        [built.precision_onnx],
+        [precision_onnx],
         reference=options.reference,
         data=options.data,
         dataset=dataset,
@@ -399,4 +475,7 @@ def apply(model: Path, options: DebugOptions, result: DebugResult, out: Path | N
         step=step,
     )
     artifact = report.artifacts[0]
-    return {"artifact": str(built.precision_onnx), "passed": artifact.passed, "metrics": {k: artifact.metrics.get(k) for k in BRIEF}, "gates": artifact.gates}
+    found = {"artifact": str(precision_onnx), "passed": artifact.passed, "metrics": {k: artifact.metrics.get(k) for k in BRIEF}, "gates": artifact.gates}
+    if engine_note:
+        found["engine"] = engine_note
+    return found

@@ -149,7 +149,9 @@ def resolve(requested: list[str], model, option: str = "--keep-float") -> list[L
     table = layers(model)
     chosen: dict[str, Layer] = {}
     for name in requested:
-        found = [layer for layer in table if name in (layer.name, layer.module) or (layer.module is not None and layer.module.startswith(name + "."))]
+        found = [layer for layer in table if name in (layer.name, layer.module)]  # an exact name wins over a prefix
+        if not found:
+            found = [layer for layer in table if layer.module is not None and layer.module.startswith(name + ".")]
         if not found:
             known = sorted({layer.name for layer in table} | {layer.module for layer in table if layer.module})
             near = difflib.get_close_matches(name, known, n=4, cutoff=0.5)

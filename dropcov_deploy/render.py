@@ -219,6 +219,8 @@ def debug_precision_report(report: dict[str, Any]) -> None:
     if applied:
         verdict = "[green]pass[/]" if applied["passed"] else "[red]FAIL[/]"
         out.print(f"applied: built {escape(applied['artifact'])}, verify {verdict}", highlight=False)
+        if applied.get("engine"):
+            err.print(f"note: no engine built: {escape(applied['engine'])}", highlight=False)
 
 
 # ------------------------------------------------------------------ verify, bench, predict
@@ -261,6 +263,8 @@ def verify_table(report: dict[str, Any]) -> None:
             verdict,
         )
     out.print(table)
+    for warning in report["reference"].get("warnings", []):
+        err.print(f"warning: reference: {escape(warning)}", highlight=False)
     for artifact in report["artifacts"]:
         if len(artifact["chain"]) > 1:
             parts = "; ".join(f"{step}: rel {v.get('relative_error', 0):.1e}, top-1 {v.get('top1_agreement', 0):.4f}" for step, v in artifact["chain"].items())

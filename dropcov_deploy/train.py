@@ -116,6 +116,12 @@ class _Data:
     augment: str  # "shift" for in-memory digits, "none" when the dataset augments itself
 
 
+def digits_split_id() -> str:
+    from dropcov_deploy.data import digits
+
+    return digits.SPLIT_ID
+
+
 def _digits_data(image_size: int | None) -> _Data:
     """The bundled digits at their own 32 px, or resized to `image_size`."""
     import torch
@@ -393,7 +399,8 @@ def _train(config, spec, out, last, dist_env, device, progress: TrainProgress) -
                     "history": [asdict(h) for h in history],
                     "config": config.to_record(),
                     "world_size": dist_env.world_size,
-                }
+                },
+                **({"data_split": digits_split_id()} if config.dataset == "digits" else {}),
             },
         )
 

@@ -116,6 +116,26 @@ def _inputs(
     return InputSet(paths=images.items, prep=prep, workers=workers), labels, described
 
 
+def _dataset_name(dataset: str | None) -> str | None:
+    from dropcov_deploy.data.datasets import parse_dataset
+
+    return str(parse_dataset(dataset)) if dataset is not None else None
+
+
+def _split_warnings(info, dataset: str | None) -> list[str]:
+    """A bundled split is held out only for a checkpoint trained on the same split definition."""
+    from dropcov_deploy.data import digits
+    from dropcov_deploy.data.datasets import HELD_OUT, parse_dataset
+
+    if dataset is None:
+        return []
+    spec = parse_dataset(dataset)
+    if spec.name != "digits" or spec.split != HELD_OUT or info.data_split == digits.SPLIT_ID:
+        return []
+    trained = info.data_split or "no split record (trained elsewhere, or before the splits of 2026-11-29)"
+    return [f"{spec} is held out only for models trained on {digits.SPLIT_ID}; this checkpoint: {trained}: its figures may include training images"]
+
+
 def _check_fits(path: Path, manifest: Manifest, image_size: int) -> None:
     shape = manifest.input.shape if manifest.input is not None else None
     if shape and list(shape[2:]) != [image_size, image_size]:
@@ -169,6 +189,8 @@ def torch_reference(
         "preprocessing": prep.to_dict(),
         "inputs": described,
         "random": random,
+        "dataset": _dataset_name(dataset),
+        "warnings": _split_warnings(info, dataset),
         "family_gates": family_overrides(info.family),
         "artifacts": {path.name: sha256_file(path) for path in artifacts},
         "versions": library_versions("torch", "numpy"),
@@ -266,6 +288,8 @@ def verify(
     }
     if labels is not None:
         reference_summary["accuracy"] = float((expected.argmax(1) == labels).mean())
+    if ref.meta.get("warnings"):
+        reference_summary["warnings"] = list(ref.meta["warnings"])
     if saved is not None:
         reference_summary["saved_reference"] = saved
 
@@ -344,11 +368,17 @@ def verify(
             intervals=spread,
         )
         if locate and not passed:
+            fp32_graph = _fp32_graph([p for p in paths if kinds[p] == ONNX and manifests_by_path[p].precision is Precision.FP32], manifest, kinds[path])
             if ref.model is None:
                 result.locate = {"supported": False, "why": "locating a stage needs the PyTorch model: run verify --checkpoint where PyTorch is installed"}
+                if fp32_graph is not None:  # the per-layer trace needs only the two graphs
+                    from dropcov_deploy.layer_trace import trace_layers
+
+                    with step(f"tracing every layer of {path.name} against {fp32_graph.name}"):
+                        result.locate["layers"] = trace_layers(path, fp32_graph, batch.head(16), LOCATE_TOLERANCE[precision])
             else:
                 with step(f"locating the first diverging stage of {path.name}"):
-                    result.locate = locate_divergence(ref.model, path, batch.head(16), precision, fp32=_fp32_graph(fp32_onnx, manifest))
+                    result.locate = locate_divergence(ref.model, path, batch.head(16), precision, fp32=fp32_graph)
         results.append(result)
     return VerifyReport(samples=len(batch), reference=reference_summary, artifacts=results, seconds=time.perf_counter() - started)
 
@@ -389,15 +419,17 @@ def _torch_stages(model, batch: np.ndarray) -> dict[str, np.ndarray]:
     return {stage: stages[stage].double().numpy() for stage in STAGES}
 
 
-def _fp32_graph(given: Path | None, manifest: Manifest) -> Path | None:
-    """The FP32 ONNX a precision artifact's layers are traced against: the one given to verify,
-    else the source its manifest records, where that file is here."""
-    if manifest.precision is Precision.FP32:
+def _fp32_graph(given: list[Path], manifest: Manifest, kind: str) -> Path | None:
+    """The FP32 ONNX a precision ONNX's layers are traced against: the one it was built from (its
+    manifest's source hash), given to verify or still at the path the manifest records; never
+    another export, whose node names would match and whose numbers would mislead."""
+    if manifest.precision is Precision.FP32 or kind != ONNX:
         return None
-    if given is not None:
-        return given
-    source = (manifest.get("source_onnx") or {}).get("path") if isinstance(manifest.get("source_onnx"), dict) else None
-    return Path(source) if source and Path(source).is_file() else None
+    source = manifest.get("source_onnx")
+    if not isinstance(source, dict) or not source.get("sha256"):
+        return None
+    candidates = [*given, *([Path(source["path"])] if source.get("path") else [])]
+    return next((p for p in candidates if p.is_file() and sha256_file(p) == source["sha256"]), None)
 
 
 def locate_divergence(model, path: Path, batch: np.ndarray, precision: str | Precision, fp32: Path | None = None) -> dict[str, Any]:

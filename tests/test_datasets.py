@@ -100,6 +100,8 @@ def test_verify_bench_and_build_take_a_dataset(seeded_chain, tmp_path):
     data = json.loads(report.read_text())
     assert data["samples"] == 500 and data["artifacts"][0]["calibration_overlap"] == 0
     assert data["reference"]["inputs"] == "500 images of digits:test (labelled)"
+    # this checkpoint was not trained here on these splits: the test split may not be held out for it, and verify says so
+    assert "is held out only for models trained on digits/2" in data["reference"]["warnings"][0]
     result = run_cli("verify", "-c", checkpoint, int8, "--dataset", "digits:train", "--report", report)
     assert json.loads(report.read_text())["artifacts"][0]["calibration_overlap"] == 16  # the 16 it was calibrated on, found by pixels
     assert "inputs were calibration inputs of this artifact (e.g. " in result.stderr

@@ -182,3 +182,20 @@ def test_locate_traces_every_layer_and_names_the_damaged_block(hostile_int8, cal
     assert traced["worst"]["layer"].startswith(f"{BLOCK}.conv") and traced["first"] is not None
     assert [row["layer"] for row in traced["layers"]][0] == "conv1" and traced["layers"][0]["relative_error"] == 0  # the stem stays FP32 on this target
     assert "worst: layer3.0.conv" in result.stdout
+
+
+def test_debug_precision_refuses_a_test_split_reference_and_contradictions(seeded_digits, calibration_dir, tmp_path):
+    """A reference saved from the held-out split cannot choose layers either; a bad calibration
+    method fails before any work; --keep-float of the fc with --fc int8 is a contradiction."""
+    checkpoint, fp32 = seeded_digits
+    reference = tmp_path / "ref.npz"
+    saved = run_cli("verify", "-c", checkpoint, "--dataset", "digits:test", "--save-reference", reference)
+    assert saved.returncode == 0, saved.stderr
+    assert_one_line_error(run_cli("debug", "precision", fp32, "--calib", calibration_dir, "--reference", reference), 2, "held-out test split is for verification only")
+    assert_one_line_error(
+        run_cli("debug", "precision", fp32, "--calib", calibration_dir, "-c", checkpoint, "--dataset", "digits", "--calib-method", "foo"), 2, "--calib-method 'foo'"
+    )
+    assert_one_line_error(
+        run_cli("build", fp32, "--precision", "int8", "--calib", calibration_dir, "--keep-float", "fc", "--fc", "int8", "--out", tmp_path / "x.onnx"),
+        2, "contradict",
+    )

@@ -96,8 +96,12 @@ def test_samples_needed_is_honest_at_the_ends():
     from dropcov_deploy.stats import binomial_interval, drop_samples_needed, samples_needed
 
     n = samples_needed(1.0, 0.995)
-    assert 700 <= n <= 800
-    assert binomial_interval(n, n)[0] >= 0.995 and binomial_interval(n // 2, n // 2)[0] < 0.995
+    assert n == 736  # the exact interval that decides the gate: (0.025)^(1/n) >= 0.995
+    assert binomial_interval(n, n)[0] >= 0.995 and binomial_interval(n - 1, n - 1)[0] < 0.995
+    for value, bound in ((0.99, 0.97), (0.96, 0.97)):  # where Wilson alone would stop short of the exact interval
+        k = samples_needed(value, bound)
+        low, high = binomial_interval(round(value * k), k)
+        assert (low >= bound) if value > bound else (high < bound)
     m = drop_samples_needed(0.0, 0.001, 0.0)
     assert 3500 <= m <= 4000
     assert binomial_interval(0, m)[1] <= 0.001 and binomial_interval(0, m // 2)[1] > 0.001

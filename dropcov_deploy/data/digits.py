@@ -26,6 +26,8 @@ TEST_PER_CLASS = 50
 CALIBRATION_PER_CLASS = 30
 VAL_FRACTION = 0.2
 SPLITS = ("train", "val", "test", "calibration")  # calibration is part of train
+# what a checkpoint trained on these splits records: verify's test split is held out only for it
+SPLIT_ID = f"digits/2 (seed {SPLIT_SEED}, test {TEST_PER_CLASS} per class, val {VAL_FRACTION})"
 PREPROCESSING = Preprocessing(resize=32, crop=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bilinear")
 
 

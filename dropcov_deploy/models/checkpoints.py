@@ -48,6 +48,7 @@ class CheckpointInfo:
     preprocessing: Preprocessing | None = None
     epoch: int | None = None
     accuracy: float | None = None
+    data_split: str | None = None  # which bundled split it was trained on (digits.SPLIT_ID), when trained here
 
     def resolved_input_size(self) -> int:
         return self.input_size or get_arch(self.arch).default_image_size
@@ -249,6 +250,7 @@ def load_checkpoint_with_info(path: str | os.PathLike[str], arch: str | None = N
         preprocessing=_meta_preprocessing(meta),
         epoch=int(meta["epoch"]) if isinstance(meta.get("epoch"), int) else None,
         accuracy=_as_float(meta.get("accuracy", meta.get("best_acc1"))),
+        data_split=meta["data_split"] if isinstance(meta.get("data_split"), str) else None,
     )
     if info.class_names is not None and len(info.class_names) != num_classes:
         raise CheckpointError(f"{path}: records {len(info.class_names)} class names for {num_classes} classes")

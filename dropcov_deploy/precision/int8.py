@@ -25,7 +25,11 @@ def precision_graph(request: PrecisionRequest) -> tuple[Any, dict[str, Any]]:
     quantize = load_hook(target.int8_quantizer)
     with request.step(f"calibrating and quantizing for {target.tag} ({len(calibration)} images, {request.calib_method})"):
         quantized, pinned, quantizer_record = quantize(request.model, calibration, request.calib_method, request.high_precision, keep_float=request.keep_float)
-    fc = "float" if head_graph.fc_node(source).name in request.keep_float else request.fc  # --keep-float fc: no INT8 there
+    fc = request.fc
+    if head_graph.fc_node(source).name in request.keep_float:  # --keep-float fc: no INT8 there
+        if fc not in ("auto", "float"):
+            raise InputError(f"--fc {fc} and --keep-float of the fc contradict each other; keep one")
+        fc = "float"
     modes = "int8, weight-only, float" if fc == "auto" else fc
     with request.step(f"measuring fc treatments ({modes})"):
         chosen, fc_record = choose_fc_variant(

@@ -23,7 +23,9 @@ from dropcov_deploy import onnx_io
 REMOVABLE_ACTIVATIONS = ("Relu", "Clip")
 
 
-def _restored_activation(model, tensor: str, source_producers: dict[str, Any], made_by: dict[str, Any], kept: str) -> str:
+def _restored_activation(
+    model, tensor: str, source_producers: dict[str, Any], made_by: dict[str, Any], kept: str, source_initializers: dict[str, Any] | None = None
+) -> str:
     """`tensor` as the float graph computed it: when the quantizer dropped the Relu/Clip that made
     it in the source graph (its producer is now another op), a copy of that node recomputes it."""
     from onnx import helper
@@ -34,6 +36,10 @@ def _restored_activation(model, tensor: str, source_producers: dict[str, Any], m
         return tensor
     name = f"{tensor}_float_for_{kept}"
     if name not in made_by:
+        present = {t.name for t in model.graph.initializer}
+        for extra in original.input[1:]:  # a Clip's min/max: the quantizer dropped them with the Clip
+            if extra and extra not in present and extra not in made_by and source_initializers and extra in source_initializers:
+                model.graph.initializer.append(source_initializers[extra])
         activation = helper.make_node(original.op_type, [tensor, *original.input[1:]], [name], name=f"{original.name}_float_for_{kept}")
         activation.attribute.extend(original.attribute)
         model.graph.node.insert(list(model.graph.node).index(current) + 1, activation)
@@ -41,7 +47,7 @@ def _restored_activation(model, tensor: str, source_producers: dict[str, Any], m
     return name
 
 
-def bypass_input_qdq(model, node, position: int, source_producers: dict[str, Any] | None = None) -> bool:
+def bypass_input_qdq(model, node, position: int, source_producers: dict[str, Any] | None = None, source_initializers: dict[str, Any] | None = None) -> bool:
     """node.input[position]: X -> Q -> DQ -> node becomes X -> node (the Q/DQ pair stays while
     other nodes read it). True when there was a pair to remove."""
     made_by = onnx_io.producers(model)
@@ -51,7 +57,9 @@ def bypass_input_qdq(model, node, position: int, source_producers: dict[str, Any
     q = made_by.get(dq.input[0])
     if q is None or q.op_type != "QuantizeLinear":
         return False
-    node.input[position] = _restored_activation(model, q.input[0], source_producers or {}, made_by, node.name) if source_producers else q.input[0]
+    node.input[position] = (
+        _restored_activation(model, q.input[0], source_producers, made_by, node.name, source_initializers) if source_producers else q.input[0]
+    )
     onnx_io.drop_dead_nodes(model)
     return True
 
@@ -105,6 +113,6 @@ def keep_layers_float(quantized, source, names: Iterable[str]):
         restore_float_weights(model, node, source_node, source_initializers, weights)
         for position in range(len(node.input)):
             if position not in weights:
-                bypass_input_qdq(model, node, position, source_producers)
+                bypass_input_qdq(model, node, position, source_producers, source_initializers)
     onnx_io.drop_unused_initializers(model)
     return model
