@@ -201,6 +201,8 @@ def figure_from_samples(samples: Sequence[float], stable: bool, max_time_s: floa
     warnings = []
     if cv > HIGH_CV:
         warnings.append(f"{prefix}coefficient of variation {cv:.2f} > {HIGH_CV}: timings unstable (other load? too few iterations?)")
+    # "stable" in the JSON is what the warnings say: a settled median *and* a spread below HIGH_CV
+    # (a stable median beside a CV of 1.6 is still a figure not to trust)
     if len(samples) < P99_MIN_SAMPLES:
         warnings.append(
             f"{prefix}only {len(samples)} samples within --max-time {max_time_s:g} s: p99 needs at least {P99_MIN_SAMPLES} "
@@ -208,7 +210,7 @@ def figure_from_samples(samples: Sequence[float], stable: bool, max_time_s: floa
         )
     elif not stable:
         warnings.append(f"{prefix}median not stable within --max-time {max_time_s:g} s")
-    return Figure(latency, len(samples), cv, stable, warnings)
+    return Figure(latency, len(samples), cv, bool(stable and cv <= HIGH_CV and len(samples) >= P99_MIN_SAMPLES), warnings)
 
 
 def speedup(baseline_ms: float | None, candidate_ms: float | None) -> float | None:
@@ -529,6 +531,9 @@ def bench(
             accepts = subject.batch
             left_out = [b for b in batch_sizes if accepts is not None and not accepts.fits(b)]
             if left_out and accepts is not None:
+                skipped.append(
+                    {"artifact": str(subject.artifact), "batch_sizes": left_out, "reason": f"accepts batch {accepts.min}..{accepts.max}"}  # type: ignore[dict-item]
+                )
                 warnings.append(f"{Path(subject.artifact).name}: not timed at batch {', '.join(map(str, left_out))} (it accepts {accepts.min}..{accepts.max})")
     pair_speedups(results)
     return {

@@ -13,7 +13,6 @@ hash and every option, so a rebuild reuses it instead of recalibrating.
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import time
@@ -27,6 +26,7 @@ from dropcov_deploy.atomic import check_writable, spare_inputs, staged
 from dropcov_deploy.backends import TARGETS, Target, get_target, load_hook
 from dropcov_deploy.backends.onnxruntime import ort_optimized_path_for
 from dropcov_deploy.build_cache import PrecisionCache
+from dropcov_deploy.cache_paths import default_cache_dir
 from dropcov_deploy.engine import plan_path_for
 from dropcov_deploy.errors import InputError
 from dropcov_deploy.layer_names import read_names
@@ -38,6 +38,7 @@ from dropcov_deploy.steps import StepReporter, quiet_step
 CACHE_VERSION = "3"  # 2: entries carry their ONNX hash (build_cache); 3: --keep-float by surgery on the calibrated graph
 HIGH_PRECISIONS = ("fp16", "fp32")
 # every method some target's quantizer takes, in the rows' order (entropy, max, percentile)
+CALIBRATION_ALIASES = {"minmax": "max"}  # the name ONNX Runtime and TensorRT use for the max calibrator
 CALIBRATION_METHODS = tuple(dict.fromkeys(m for target in TARGETS.values() for m in target.calibration_methods))
 
 
@@ -59,6 +60,7 @@ class BuildOptions:
     exclude_op_types: str | None = None  # every node of these op types kept in the higher precision, comma list
     autocast_range_check: bool = True  # False: AutoCast puts every node not kept into FP16 (debugger tests)
     cache_dir: Path | None = None
+    use_cache: bool = True  # False (--no-cache): recalibrate, and leave the cache as it was
 
 
 @dataclass
@@ -71,13 +73,6 @@ class BuildResult:
     cached: bool = False
     seconds: float = 0.0
     engine_only: bool = False  # the input was already a precision ONNX: only the engine step ran
-
-
-def default_cache_dir() -> Path:
-    """$DROPCOV_CACHE, else $XDG_CACHE_HOME/dropcov-deploy, else ~/.cache/dropcov-deploy."""
-    if os.environ.get("DROPCOV_CACHE"):
-        return Path(os.environ["DROPCOV_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dropcov-deploy"
 
 
 def default_output(model: Path, precision: Precision, target: Target) -> Path:
@@ -124,17 +119,18 @@ def _engine_only(model: Path, source: Manifest, options: BuildOptions, step: Ste
 
 def _check_choices(options: BuildOptions) -> None:
     """The options that name a choice, checked whatever the input (a typo is never ignored)."""
+    options.calib_method = CALIBRATION_ALIASES.get(options.calib_method, options.calib_method)
     if options.fc not in FC_CHOICES:
         raise InputError(f"--fc {options.fc!r}: use one of {', '.join(FC_CHOICES)}")
     if options.calib_method not in CALIBRATION_METHODS:
-        raise InputError(f"--calib-method {options.calib_method!r}: use entropy, max or percentile")
+        raise InputError(f"--calib-method {options.calib_method!r}: use entropy, max (or minmax) or percentile")
     if options.high_precision not in HIGH_PRECISIONS:
         raise InputError(f"--high-precision {options.high_precision!r}: use fp16 or fp32")
 
 
 def _validate(options: BuildOptions) -> tuple[Precision, Target]:
-    precision = Precision.parse(options.precision if options.precision is not None else Precision.FP16)
     target = get_target(options.backend)
+    precision = Precision.parse(options.precision if options.precision is not None else target.default_precision)
     _check_choices(options)
     if precision is Precision.INT8 and options.calib_method not in target.calibration_methods:
         raise InputError(f"--calib-method {options.calib_method} is not supported for --backend {target.name}; use {' or '.join(target.calibration_methods)}")
@@ -242,6 +238,8 @@ def build(model: str | Path, options: BuildOptions, step: StepReporter = quiet_s
     if source.precision is not Precision.FP32:
         return _engine_only(model, source, options, step, log)
     precision, target = _validate(options)
+    if precision in target.precision_notes:
+        log(f"note: {target.precision_notes[precision]}")
     if precision in target.modelopt_precisions:
         from dropcov_deploy.precision.fp16 import require_modelopt
 
@@ -271,7 +269,7 @@ def build(model: str | Path, options: BuildOptions, step: StepReporter = quiet_s
     cache_dir = Path(options.cache_dir) if options.cache_dir else default_cache_dir()
     key = _cache_key(source_sha, calibration.sha256 if calibration else None, precision, target, options, tuple(node for node, _ in kept_float))
     cache = PrecisionCache(cache_dir, log)
-    hit = cache.lookup(key)
+    hit = cache.lookup(key) if options.use_cache else None
     cached = hit is not None
 
     manifest = source.for_precision(
@@ -332,7 +330,8 @@ def build(model: str | Path, options: BuildOptions, step: StepReporter = quiet_s
         manifest.extra["precision_details"] = record
         manifest.sha256 = sha256_file(staged_onnx)
         if not cached:
-            cache.store(key, staged_onnx, {k: v for k, v in record.items() if k != "check"})
+            if options.use_cache:
+                cache.store(key, staged_onnx, {k: v for k, v in record.items() if k != "check"})
         if target.stage_artifact is not None:
             with step(target.stage_artifact_step):
                 entry = load_hook(target.stage_artifact)(staged_onnx, stage)

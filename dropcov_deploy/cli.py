@@ -17,6 +17,25 @@ from dropcov_deploy.backends import DEFAULT_TARGET, TARGETS
 from dropcov_deploy.errors import EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, DropCovError, environment_error, missing_extra
 from dropcov_deploy.precision import Precision
 
+
+def _flags_take_no_value() -> None:
+    """Typer's help shows `<bool>` beside a flag (`--json <bool>`), as if it took a value; a flag
+    takes none. Guarded: a Typer without this hook keeps its own display."""
+    option = getattr(typer.core, "TyperOption", None)
+    original = getattr(option, "display_type_rich", None)
+    if option is None or original is None:
+        return
+
+    def display_type_rich(self, ctx):
+        if getattr(self, "is_flag", False) and not getattr(self, "count", False):
+            return None
+        return original(self, ctx)
+
+    option.display_type_rich = display_type_rich
+
+
+_flags_take_no_value()
+
 app = typer.Typer(
     name="dropcov-deploy",
     help="DropCov models from PyTorch to verified ONNX / TensorRT inference.",
@@ -52,9 +71,9 @@ def models_command(
 ) -> None:
     """List the architectures with parameter counts and default reduction width d."""
     from dropcov_deploy import render
-    from dropcov_deploy.model_table import architecture_rows
+    from dropcov_deploy.model_table import cached_architecture_rows
 
-    rows = architecture_rows()
+    rows = cached_architecture_rows()
     if json_out:
         _print_json(rows)
     else:
@@ -167,13 +186,18 @@ def export_command(
 @app.command("build")
 def build_command(
     model: Path = typer.Argument(..., help="The FP32 ONNX written by `dropcov-deploy export` (or a TensorRT-target precision ONNX: engine step only)."),
-    precision: Optional[str] = typer.Option(None, "--precision", "-p", help=f"{', '.join(Precision.choices())} \\[default: fp16; a precision ONNX's own]."),
+    precision: Optional[str] = typer.Option(
+        None,
+        "--precision",
+        "-p",
+        help=f"{', '.join(Precision.choices())} \\[default: the target's, int8 for onnxruntime (the fast one on a CPU), fp16 for tensorrt; a precision ONNX's own].",
+    ),
     calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration images (folder) or preprocessed .npy/.npz; required for fp16 and int8."),
     dataset: Optional[str] = typer.Option(
         None, "--dataset", help="Calibrate on a bundled dataset's split instead of --calib: digits[:train|val] (no split: train; test is refused)."
     ),
     calib_size: int = typer.Option(512, "--calib-size", help="At most this many calibration inputs (a fixed, seeded subset)."),
-    calib_method: str = typer.Option("entropy", "--calib-method", help="entropy, max or percentile (percentile: CPU target only)."),
+    calib_method: str = typer.Option("entropy", "--calib-method", help="entropy, max (or minmax) or percentile (percentile: CPU target only)."),
     backend: str = typer.Option(DEFAULT_TARGET, "--backend", "-b", help=f"{' or '.join(TARGETS)}: the target the artifacts are built for."),
     batch: Optional[str] = typer.Option(
         None, "--batch", help="TensorRT optimization profile MIN:OPT:MAX (or N) for the batch axis \\[default: 1:8:32 within the ONNX's range]."
@@ -194,6 +218,9 @@ def build_command(
         True,
         "--autocast-range-check/--no-autocast-range-check",
         help="FP16: AutoCast keeps layers whose values overflow FP16 in FP32 (off: only --keep-float does).",
+    ),
+    no_cache: bool = typer.Option(
+        False, "--no-cache", help="Recalibrate even when the precision cache has this graph (cache: $DROPCOV_CACHE, else ~/.cache/dropcov-deploy)."
     ),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Precision ONNX path \\[default: <model>.<precision>.<cpu|trt>.onnx]."),
     json_out: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
@@ -219,6 +246,7 @@ def build_command(
         keep_float=keep_float,
         exclude_op_types=exclude_op_types,
         autocast_range_check=autocast_range_check,
+        use_cache=not no_cache,
     )
     result = build(model, options, step=step)
     if json_out:
@@ -290,6 +318,7 @@ def verify_command(
     ),
     strict: bool = typer.Option(False, "--strict", help="Fail an artifact that was calibrated on any of these inputs (not a held-out test)."),
     device: str = typer.Option("cpu", "--device", help="ONNX Runtime device: cpu or cuda."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Run PyTorch over the inputs even when its logits for this checkpoint and input set are cached."),
     json_out: bool = typer.Option(False, "--json", help="Print the JSON report instead of a table."),
 ) -> None:
     """Parity of every artifact against the PyTorch model (or a saved reference): metrics, chain attribution, gates (exit 1 on failure)."""
@@ -315,6 +344,7 @@ def verify_command(
         strict=strict,
         gate_mode=gate_mode,
         workers=workers,
+        use_cache=not no_cache,
         outputs=[report, junit],
         step=step,
     )
@@ -329,8 +359,12 @@ def verify_command(
         render.verify_table(data_out)
     render.saved_reference(data_out)
     if not result.passed:
+        from dropcov_deploy.gates import describe_failure
+
         failed = [
-            f"{Path(a['path']).name}: " + ", ".join(n for n, g in a["gates"].items() if g["passed"] is False) for a in data_out["artifacts"] if not a["passed"]
+            f"{Path(a['path']).name}: " + ", ".join(describe_failure(n, g) for n, g in a["gates"].items() if g["passed"] is False)
+            for a in data_out["artifacts"]
+            if not a["passed"]
         ]
         raise GateFailed("verification failed: " + "; ".join(failed))
 
@@ -383,7 +417,10 @@ def bench_command(
             cuda_graph=cuda_graph,
             data=data,
             dataset=dataset,
-            progress=lambda text: status.update(f"benchmarking {text} ..."),
+            # a spinner on a terminal; piped (CI logs), a line per measurement instead of minutes of silence
+            progress=(lambda text: status.update(f"benchmarking {text} ..."))
+            if err.is_terminal
+            else (lambda text: err.print(f"benchmarking {text}", highlight=False)),
         )
     if report:
         write_json(report, result)
@@ -398,15 +435,16 @@ def bench_command(
 @app.command("predict")
 def predict_command(
     artifact: Path = typer.Argument(..., help="An ONNX model or TensorRT engine with its manifest."),
-    images: list[Path] = typer.Argument(..., help="Image files."),
+    images: list[str] = typer.Argument(..., help="Image files, folders (their images, recursively) or quoted globs ('imgs/*.jpg')."),
     top_k: int = typer.Option(5, "--top", help="How many classes to show per image."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images decoded and run at a time."),
     device: str = typer.Option("cpu", "--device", help="ONNX Runtime device: cpu or cuda."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Top-5 classes per image; the edge runtime path (no torch)."""
     from dropcov_deploy.predict import predict
 
-    results = predict(artifact, list(images), top_k=top_k, device=device)
+    results = predict(artifact, list(images), top_k=top_k, device=device, batch_size=batch_size)
     if json_out:
         _print_json(results)
         return

@@ -103,6 +103,26 @@ def with_overrides(gates: dict[str, dict[str, dict[str, float]]], overrides: dic
 GATE_MODES = ("point", "confident")
 
 
+def describe_bound(gate: dict[str, Any]) -> str:
+    """'>= 0.97', '<= 0.005', or both: what a gate asks for."""
+    parts = []
+    if "min" in gate:
+        parts.append(f">= {gate['min']:g}")
+    if "max" in gate:
+        parts.append(f"<= {gate['max']:g}")
+    return " and ".join(parts)
+
+
+def describe_failure(name: str, gate: dict[str, Any]) -> str:
+    """'top1_agreement 0.208 (needs >= 0.97)': the measured value against the bound, with the 95%
+    interval when the sample decided it (confident mode fails an undecided one)."""
+    value = gate.get("value")
+    shown = f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
+    interval = gate.get("interval")
+    around = f", 95% interval [{interval[0]:.4g}, {interval[1]:.4g}]" if interval else ""
+    return f"{name} {shown} (needs {describe_bound(gate)}{around})"
+
+
 def evaluate(
     metrics: dict[str, Any], gates: dict[str, dict[str, float]], intervals: dict[str, Any] | None = None, mode: str = "point"
 ) -> dict[str, dict[str, Any]]:

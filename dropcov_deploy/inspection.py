@@ -89,4 +89,27 @@ def describe(path: str | Path, arch: str | None = None) -> dict[str, Any]:
         return describe_onnx(path)
     if path.suffix.lower() in ENGINE_SUFFIXES:
         return describe_engine(path)
+    if path.suffix.lower() == ".json":
+        return describe_json(path)
     return describe_checkpoint(path, arch)
+
+
+def describe_json(path: Path) -> dict[str, Any]:
+    """A manifest (a sidecar), said for what it is and what it describes; any other JSON is refused."""
+    import json
+
+    from dropcov_deploy.manifest import MANIFEST_FORMAT
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable JSON file ({exc.__class__.__name__})") from None
+    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
+        raise InputError(f"{path}: a JSON file, but not a dropcov-deploy manifest; inspect takes checkpoints, ONNX models, plans and their manifests")
+    described = path.with_name(path.name[: -len(".json")]) if path.name.endswith(".json") else path
+    return {
+        "kind": "manifest",
+        "path": str(path),
+        "describes": f"{described.name} ({'present' if described.exists() else 'not beside it'}); inspect {described.name} for the model itself",
+        "manifest": data,
+    }

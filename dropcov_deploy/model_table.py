@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
+
+TABLE_FORMAT = 1  # bump when the rows' fields change
 
 
 def count_parameters(arch: str, num_classes: int = 1000, dim: int | None = None) -> int:
@@ -14,6 +18,45 @@ def count_parameters(arch: str, num_classes: int = 1000, dim: int | None = None)
     with torch.device("meta"):
         model = create_model(arch, num_classes=num_classes, dim=dim)
     return sum(p.numel() for p in model.parameters())
+
+
+def _versions_key() -> str:
+    """What the table depends on, read without importing torch or timm."""
+    from importlib import metadata
+
+    from dropcov_deploy import __version__
+
+    found = []
+    for package in ("torch", "timm"):
+        try:
+            found.append(f"{package}-{metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            found.append(f"{package}-none")
+    return "-".join([f"table{TABLE_FORMAT}", f"dropcov-deploy-{__version__}", *found])
+
+
+def cached_architecture_rows(cache_dir: Path | None = None) -> list[dict[str, Any]]:
+    """The table from the cache (no torch import: well under a second), else computed once (building
+    every architecture on the meta device takes about 10 s) and kept per package/torch/timm version.
+    An unreadable or damaged entry is recomputed; a cache folder that cannot be written is skipped."""
+    from dropcov_deploy.cache_paths import default_cache_dir
+
+    path = (cache_dir or default_cache_dir()) / f"models-{_versions_key()}.json"
+    try:
+        rows = json.loads(path.read_text())
+        if isinstance(rows, list) and rows and all(isinstance(r, dict) and "arch" in r and "params" in r for r in rows):
+            return rows
+    except (OSError, ValueError):
+        pass
+    rows = architecture_rows()
+    try:
+        from dropcov_deploy.atomic import atomic_write
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(rows)))
+    except OSError:
+        pass  # a read-only home: the table is still right, only slower next time
+    return rows
 
 
 def architecture_rows(num_classes: int = 1000) -> list[dict[str, Any]]:

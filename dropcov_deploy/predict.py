@@ -23,8 +23,39 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
-def predict(artifact: str | Path, images: list[str | Path], top_k: int = 5, device: str = "cpu") -> list[dict[str, Any]]:
-    """Top-k classes (names from the manifest) for each image."""
+GLOB_CHARACTERS = set("*?[")
+DEFAULT_BATCH = 32
+
+
+def image_paths(images: list[str | Path]) -> list[Path]:
+    """Files as given; a folder's images (recursively, sorted); a glob the shell left unexpanded
+    (quoted, or on Windows). Anything else is one InputError line naming it."""
+    from dropcov_deploy.data.images import IMAGE_SUFFIXES
+
+    found: list[Path] = []
+    for given in images:
+        path = Path(given)
+        if path.is_dir():
+            inside = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not inside:
+                raise InputError(f"{path}: a folder with no images ({', '.join(IMAGE_SUFFIXES)})")
+            found += inside
+        elif path.exists():
+            found.append(path)
+        elif GLOB_CHARACTERS & set(str(given)):
+            anchor = Path(path.anchor) if path.is_absolute() else Path(".")
+            matches = sorted(p for p in anchor.glob(str(path.relative_to(anchor)) if path.is_absolute() else str(given)) if p.is_file())
+            if not matches:
+                raise InputError(f"{given}: no file matches")
+            found += matches
+        else:
+            raise InputError(f"{path}: no such image")
+    return found
+
+
+def predict(artifact: str | Path, images: list[str | Path], top_k: int = 5, device: str = "cpu", batch_size: int = DEFAULT_BATCH) -> list[dict[str, Any]]:
+    """Top-k classes (names from the manifest) for each image; folders and globs expanded, the
+    images decoded and run `batch_size` at a time."""
     from dropcov_deploy.manifest import Manifest
 
     artifact = Path(artifact)
@@ -34,19 +65,20 @@ def predict(artifact: str | Path, images: list[str | Path], top_k: int = 5, devi
         raise InputError("name at least one image")
     if top_k < 1:
         raise InputError(f"--top {top_k}: show at least one class")
+    if batch_size < 1:
+        raise InputError(f"--batch-size {batch_size}: must be positive")
     manifest = Manifest.read(artifact)
     if manifest.preprocessing is None:
         raise InputError(f"{artifact}: its manifest records no preprocessing")
     prep = Preprocessing.from_dict(manifest.preprocessing)
     names = manifest.class_names
-    paths = [Path(p) for p in images]
-    for path in paths:
-        if not path.exists():
-            raise InputError(f"{path}: no such image")
-    batch = np.stack([preprocess(load_image(p), prep) for p in paths]).astype(np.float32)
+    paths = image_paths(images)
+    pieces = []
     with open_runner(artifact, device) as runner:
-        logits = run_batched(runner, batch, manifest.batch, len(batch))
-    probabilities = softmax(logits.astype(np.float64))
+        for start in range(0, len(paths), batch_size):
+            batch = np.stack([preprocess(load_image(p), prep) for p in paths[start : start + batch_size]]).astype(np.float32)
+            pieces.append(run_batched(runner, batch, manifest.batch, batch_size))
+    probabilities = softmax(np.concatenate(pieces).astype(np.float64))
     k = min(top_k, probabilities.shape[1])
     results = []
     for path, row in zip(paths, probabilities):

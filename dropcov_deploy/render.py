@@ -81,7 +81,40 @@ def _manifest_summary(manifest: dict[str, Any]) -> str:
         parts.append(f"parity={manifest['parity']['max_relative_error']:.1e}")
     if manifest.get("sha256"):
         parts.append(f"sha256={manifest['sha256'][:12]}")
+    parts += _provenance(manifest)
     return "\n".join(parts)
+
+
+def _provenance(manifest: dict[str, Any]) -> list[str]:
+    """How a precision artifact was made: its source, calibration, the fc decision and why, what
+    stays in higher precision, and the build's own check."""
+    parts = []
+    if manifest.get("target"):
+        parts.append(f"target={manifest['target']}")
+    source = manifest.get("source_onnx")
+    if isinstance(source, dict):
+        parts.append(f"built from={source.get('path')} (sha256 {str(source.get('sha256'))[:12]})")
+    calibration = manifest.get("calibration")
+    if isinstance(calibration, dict):
+        parts.append(
+            f"calibration={calibration.get('source')}, {calibration.get('images')} images, {calibration.get('method')}, sha256 {str(calibration.get('sha256'))[:12]}"
+        )
+    details = manifest.get("precision_details")
+    if isinstance(details, dict):
+        fc = details.get("fc")
+        if isinstance(fc, dict):
+            parts.append(f"fc={fc.get('why') or fc.get('chosen')}")
+        pinned = details.get("covariance_block_fp32")
+        if isinstance(pinned, list):
+            parts.append(f"pinned to fp32={len(pinned)} covariance nodes")
+        kept = details.get("kept_float")
+        if isinstance(kept, list) and kept:
+            parts.append("kept in higher precision=" + ", ".join(str(e.get("module") or e.get("node")) for e in kept if isinstance(e, dict)))
+        check = details.get("check")
+        if isinstance(check, dict) and "top1_agreement" in check:
+            accuracy = f", accuracy {check['accuracy']:.4f} (FP32 {check.get('reference_accuracy', 0):.4f})" if "accuracy" in check else ""
+            parts.append(f"check on calibration images=top-1 agreement {check['top1_agreement']:.4f}{accuracy}")
+    return parts
 
 
 # ------------------------------------------------------------------ train
@@ -99,8 +132,10 @@ class TrainProgressBars:
             TimeElapsedColumn(),
             console=err,
             transient=False,
+            disable=not err.is_terminal,  # piped (CI logs): a line per epoch instead, as it ends
         )
         self._task: Any = None
+        self._epoch = ""
 
     def __enter__(self) -> TrainProgressBars:
         self._progress.__enter__()
@@ -111,16 +146,19 @@ class TrainProgressBars:
 
     def epoch_started(self, epoch: int, epochs: int, batches: int) -> None:
         self._task = self._progress.add_task(f"epoch {epoch}/{epochs}", total=batches, stats="")
+        self._epoch = f"epoch {epoch}/{epochs}"
 
     def batch_done(self, loss: float, accuracy: float, images_per_second: float) -> None:
         self._progress.update(self._task, advance=1, stats=f"loss {loss:.3f}  acc {accuracy:.3f}  {images_per_second:.0f} img/s")
 
     def epoch_done(self, stats: Any) -> None:
-        self._progress.update(
-            self._task,
-            stats=f"loss {stats.train_loss:.3f}  acc {stats.train_accuracy:.3f}  "
-            f"val {stats.val_accuracy:.3f}  rho {stats.drop_rate or 0:.2f}  {stats.images_per_second:.0f} img/s",
+        text = (
+            f"loss {stats.train_loss:.3f}  acc {stats.train_accuracy:.3f}  "
+            f"val {stats.val_accuracy:.3f}  rho {stats.drop_rate or 0:.2f}  {stats.images_per_second:.0f} img/s"
         )
+        self._progress.update(self._task, stats=text)
+        if not err.is_terminal:
+            err.print(f"{self._epoch}: {text}", highlight=False)
 
 
 def train_summary(result: Any) -> None:
@@ -263,6 +301,13 @@ def verify_table(report: dict[str, Any]) -> None:
             verdict,
         )
     out.print(table)
+    from dropcov_deploy.gates import describe_bound
+
+    applied: dict[str, str] = {}
+    for artifact in report["artifacts"]:  # the gates each precision was held to (defaults, family, --gates)
+        applied.setdefault(artifact["precision"], ", ".join(f"{name} {describe_bound(g)}" for name, g in artifact["gates"].items() if describe_bound(g)))
+    for precision, text in applied.items():
+        out.print(f"[dim]gates {precision}: {escape(text)}[/]", highlight=False)
     for warning in report["reference"].get("warnings", []):
         err.print(f"warning: reference: {escape(warning)}", highlight=False)
     for artifact in report["artifacts"]:

@@ -64,17 +64,24 @@ def junit_xml(report: dict[str, Any], suite: str = "dropcov-deploy verify") -> s
     """JUnit XML: one testcase per artifact, a failure listing the gates it missed."""
     from xml.sax.saxutils import escape, quoteattr
 
+    from dropcov_deploy.gates import describe_bound, describe_failure
+
     cases = []
     failures = 0
     for artifact in report["artifacts"]:
-        failed = [f"{name}: {g['value']} (min {g.get('min', '-')}, max {g.get('max', '-')})" for name, g in artifact["gates"].items() if g["passed"] is False]
+        failed = [describe_failure(name, g) for name, g in artifact["gates"].items() if g["passed"] is False]
         name = quoteattr(f"{artifact['path']} [{artifact['precision']}, {artifact['backend']}]")
+        # every metric and every gate as a property, so a CI dashboard shows the numbers, not only pass/fail
+        properties = [f"<property name={quoteattr(key)} value={quoteattr(str(value))}/>" for key, value in artifact["metrics"].items() if value is not None]
+        properties += [
+            f"<property name={quoteattr('gate.' + gate_name)} value={quoteattr(describe_bound(g) + ': ' + ('pass' if g['passed'] else 'FAIL' if g['passed'] is False else 'n/a'))}/>"
+            for gate_name, g in artifact["gates"].items()
+        ]
+        body = f"<properties>{''.join(properties)}</properties>"
         if failed:
             failures += 1
-            body = f"<failure message={quoteattr('; '.join(failed))}>{escape(chr(10).join(failed))}</failure>"
-            cases.append(f'  <testcase classname="verify" name={name}>{body}</testcase>')
-        else:
-            cases.append(f'  <testcase classname="verify" name={name}/>')
+            body += f"<failure message={quoteattr('; '.join(failed))}>{escape(chr(10).join(failed))}</failure>"
+        cases.append(f'  <testcase classname="verify" name={name}>{body}</testcase>')
     header = f'<testsuite name={quoteattr(suite)} tests="{len(cases)}" failures="{failures}" errors="0" time="{report.get("seconds", 0):.3f}">'
     return "\n".join(['<?xml version="1.0" encoding="UTF-8"?>', header, *cases, "</testsuite>", ""])
 

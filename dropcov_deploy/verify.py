@@ -151,6 +151,7 @@ def torch_reference(
     artifacts: dict[Path, Manifest],
     dataset: str | None = None,
     workers: int | None = None,
+    use_cache: bool = True,
     step: StepReporter = quiet_step,
 ) -> Reference:
     """PyTorch's logits on the inputs, with what a reference file records (needs PyTorch)."""
@@ -168,12 +169,23 @@ def torch_reference(
         if manifest.num_classes is not None and manifest.num_classes != info.num_classes:
             raise InputError(f"{path}: has {manifest.num_classes} classes, the checkpoint {checkpoint} {info.num_classes}; not the same model")
     inputs, labels, described = _inputs(data, dataset, random, info.class_names, prep, prep.crop, workers)
-    pieces: list[np.ndarray] = []
-    with step(f"PyTorch reference on {described}") as handle, torch.no_grad():
-        for chunk in inputs.chunks():
-            pieces += [loaded.model(torch.from_numpy(chunk[i : i + batch_size])).numpy() for i in range(0, len(chunk), batch_size)]
-            advance(handle, sum(len(p) for p in pieces), len(inputs))
-    logits = np.concatenate(pieces)
+    from dropcov_deploy import reference_cache
+
+    identity = reference_cache.inputs_identity(inputs.items, f"{described}|random={random}|{_dataset_name(dataset)}")
+    key = reference_cache.cache_key(info.sha256, prep.to_dict(), identity)
+    cached = reference_cache.load_logits(key, len(inputs)) if use_cache else None
+    if cached is not None:
+        with step(f"PyTorch reference on {described}: reused from the cache (same checkpoint and inputs)"):
+            logits = cached
+    else:
+        pieces: list[np.ndarray] = []
+        with step(f"PyTorch reference on {described}") as handle, torch.no_grad():
+            for chunk in inputs.chunks():
+                pieces += [loaded.model(torch.from_numpy(chunk[i : i + batch_size])).numpy() for i in range(0, len(chunk), batch_size)]
+                advance(handle, sum(len(p) for p in pieces), len(inputs))
+        logits = np.concatenate(pieces)
+        if use_cache and np.isfinite(logits).all():
+            reference_cache.store_logits(key, logits)
     if not np.isfinite(logits).all():
         raise InputError(
             f"{checkpoint}: PyTorch gives NaN or Inf on {int((~np.isfinite(logits)).any(axis=1).sum())} of {described}; no reference to compare against"
@@ -217,6 +229,7 @@ def verify(
     strict: bool = False,
     gate_mode: str = "point",
     workers: int | None = None,
+    use_cache: bool = True,
     outputs: Sequence[Path | None] = (),
     step: StepReporter = quiet_step,
 ) -> VerifyReport:
@@ -251,6 +264,13 @@ def verify(
             raise InputError(f"--save-reference {save_reference}: a reference file must end in .npz")
         check_writable(Path(save_reference))
     overrides = gate_rules.read_overrides(gates_file)  # a bad gates file fails before the slow work
+    if checkpoint is not None:  # the inputs are checked before the checkpoint is loaded (seconds of PyTorch)
+        if sum(source is not None for source in (data, dataset, random)) != 1:
+            raise InputError("give exactly one of --data DIR, --dataset digits[:train|val|test] or --random N")
+        if dataset is not None:
+            _dataset_name(dataset)
+        if data is not None and not Path(data).is_dir():
+            raise InputError(f"{data}: no such folder of images")
     for path in paths:
         if not path.exists():
             raise InputError(f"{path}: no such file")
@@ -259,7 +279,15 @@ def verify(
 
     if checkpoint is not None:
         ref = torch_reference(
-            checkpoint, data=data, dataset=dataset, random=random, batch_size=batch_size, artifacts=manifests_by_path, workers=workers, step=step
+            checkpoint,
+            data=data,
+            dataset=dataset,
+            random=random,
+            batch_size=batch_size,
+            artifacts=manifests_by_path,
+            workers=workers,
+            use_cache=use_cache,
+            step=step,
         )
         saved = None
         if save_reference is not None:

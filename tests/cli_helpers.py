@@ -141,8 +141,11 @@ finally:
 """
 
 
-def run_cli_without(modules: tuple[str, ...], *args, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_cli_without(
+    modules: tuple[str, ...], *args, cwd: Path | None = None, timeout: float = 600, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """`dropcov-deploy ARGS` in a process where `modules` cannot be imported (ModuleNotFoundError,
     as when they are not installed): the device's base install, without a second virtualenv."""
     code = f"BLOCKED = {tuple(modules)!r}\nARGS = {[str(a) for a in args]!r}\n" + _BLOCKER
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, timeout=timeout)
+    environment = {**os.environ, **env} if env else None
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, timeout=timeout, env=environment)

@@ -327,3 +327,14 @@ def test_engine_bench_reports_plan_facts_and_passes_cuda_graph(seeded_digits, tm
         for row in (r for r in report["results"] if r["backend"] == "tensorrt"):
             assert row["device_ms"]["p50"] > 0 and row["latency_ms"]["p50"] > 0
             assert row["device_speedup_vs_torch"] is not None and row["speedup_vs_torch"] is not None
+
+
+def test_stable_in_the_json_agrees_with_the_warnings():
+    """A median the stop rule called settled, beside a spread the warnings call unstable, is not
+    reported as stable: the two never disagree."""
+    noisy = figure_from_samples([1.0, 3.0] * 150, stable=True, max_time_s=2.0)
+    assert noisy.stable is False and any("timings unstable" in w for w in noisy.warnings)
+    short = figure_from_samples([1.0] * 57, stable=True, max_time_s=0.5)
+    assert short.stable is False and short.warnings
+    steady = figure_from_samples([2.0] * 200, stable=True, max_time_s=2.0)
+    assert steady.stable is True and not steady.warnings

@@ -65,3 +65,42 @@ def test_inspect_plan_without_manifest_is_refused(tmp_path):
     plan = tmp_path / "model.plan"
     plan.write_bytes(b"\x00" * 64)  # bad input, not an engine: the error must come before any TensorRT use
     assert_one_line_error(run_cli("inspect", plan), 2, str(plan), "no manifest beside it")
+
+
+def _commands():
+    """Every leaf command of the app as (words, click command): `build`, `debug precision`, ..."""
+    import typer.main
+
+    from dropcov_deploy.cli import app
+
+    def walk(command, words):  # Typer vendors click: a group is what has sub-commands
+        if getattr(command, "commands", None):
+            for name, sub in command.commands.items():
+                yield from walk(sub, [*words, name])
+        else:
+            yield words, command
+
+    return list(walk(typer.main.get_command(app), []))
+
+
+@pytest.mark.slow  # a process per command (its help at 300 columns): about 40 s
+def test_every_help_shows_its_defaults_and_flags_take_no_value():
+    """Each option whose default is a value (not None or off) shows "[default: ...]" in its own help
+    line; a flag shows no `<bool>` placeholder (it takes no value)."""
+    commands = _commands()
+    assert {" ".join(words) for words, _ in commands} >= {"build", "verify", "bench", "engine", "export", "train", "debug precision"}
+    for words, command in commands:
+        result = run_cli_subprocess(*words, "--help", env={"COLUMNS": "300"})
+        assert result.returncode == 0, result.stderr
+        assert "<bool>" not in result.stdout, words
+        lines = result.stdout.splitlines()
+        for param in command.params:
+            if param.param_type_name != "option" or param.hidden or param.name == "help":
+                continue
+            long_name = max(param.opts, key=len)
+            line = next((text for text in lines if f" {long_name} " in text), None)
+            assert line is not None, (words, long_name)
+            shows_value = param.default not in (None, False) and not (param.is_flag and param.default is False)
+            says_default = "[default:" in (param.help or "")  # a derived default written into the help ("the checkpoint's, else 224")
+            if shows_value or says_default:
+                assert "[default:" in line, (words, long_name, line)

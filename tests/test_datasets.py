@@ -125,3 +125,20 @@ def test_build_calibrates_on_the_training_split_by_name(seeded_chain, tmp_path):
     assert calibration["source"] == "digits:train" and calibration["images"] == 16
     train = set(dataset_images(parse_dataset("digits:train")).names())
     assert len(calibration["files"]) == 16 and set(calibration["files"]) <= train
+
+
+def test_predict_takes_folders_and_globs_in_batches(seeded_chain, calibration_dir, tmp_path):
+    """A folder gives its images (recursively, sorted), a quoted glob is expanded, the batch size
+    changes nothing but memory; a glob that matches nothing, or a folder with no images, is one line."""
+    import json
+
+    int8 = seeded_chain["int8"]
+    folder = run_cli("predict", int8, calibration_dir / "3", "--json", "--batch-size", "7")
+    assert folder.returncode == 0, folder.stderr
+    rows = json.loads(folder.stdout)
+    assert len(rows) == 30 and [r["image"] for r in rows] == sorted(r["image"] for r in rows)
+    globbed = json.loads(run_cli("predict", int8, str(calibration_dir / "3" / "*.png"), "--json").stdout)
+    assert [r["top"] for r in globbed] == [r["top"] for r in rows]  # batch 32 and batch 7 agree
+    assert_one_line_error(run_cli("predict", int8, str(tmp_path / "none" / "*.png")), 2, "no file matches")
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(run_cli("predict", int8, tmp_path / "empty"), 2, "a folder with no images")

@@ -47,3 +47,4 @@ def test_demo_trains_exports_builds_verifies_benches_and_reports(demo_run):
     assert report.count(" [0.") + report.count(" [1.") >= 7  # accuracy and agreement intervals: the reference's and two per artifact
     assert result.returncode == 0 and verified["passed"] is True, result.stderr[-3000:]
     assert "verify     PASS" in result.stdout
+    assert "epoch 10/10: loss" in result.stderr  # piped, training still says how it goes, a line per epoch

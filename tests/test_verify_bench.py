@@ -81,6 +81,8 @@ def test_verify_fails_and_locates_a_perturbed_fc_and_reduction(chain, tmp_path):
     result = run_cli("verify", "-c", chain["checkpoint"], bad_fc, bad_reduce, "--data", CALIBRATION, "--locate",
                      "--report", report, "--junit", junit)
     assert_one_line_error(result, 1, "verification failed", "bad_fc.onnx: relative_error")
+    assert "(needs <= 0.0001" in result.stderr  # the measured value against its bound
+    assert "gates fp32: relative_error <= 0.0001" in result.stdout  # the table says which gates were applied
     data = json.loads(report.read_text())
     assert data["passed"] is False
     fc, reduce = data["artifacts"]
@@ -88,7 +90,8 @@ def test_verify_fails_and_locates_a_perturbed_fc_and_reduction(chain, tmp_path):
     assert fc["locate"]["stage"] == "fc" and fc["locate"]["first_diverging_tensor"] == "logits"
     assert reduce["locate"]["stage"] == "covariance" and reduce["locate"]["first_diverging_tensor"] == "reduced"
     assert fc["locate"]["relative_error"]["covariance"] < 1e-4 < fc["locate"]["relative_error"]["logits"]
-    assert 'failures="2"' in junit.read_text()
+    xml = junit.read_text()
+    assert 'failures="2"' in xml and '<property name="relative_error"' in xml and '<property name="gate.relative_error" value="&lt;= 0.0001: FAIL"/>' in xml
 
 
 def test_gates_file_overrides_and_bad_input(seeded_chain, tmp_path):
@@ -163,3 +166,19 @@ def test_predict_runs_without_torch(model, request, tmp_path):
     for p in predictions:  # the CLI, also without torch, prints the library's answer per image
         assert f"{p['image']}: {p['top'][0]['name']} {p['top'][0]['probability']:.3f}" in cli.stdout, cli.stdout
     assert_one_line_error(run_cli("predict", chain["int8"], tmp_path / "none.png"), 2, "none.png")
+
+
+def test_verify_checks_its_inputs_first_and_reuses_pytorch_logits(seeded_chain, tmp_path):
+    """No input source, or a folder that is not there: one line before the checkpoint is read.
+    A second verify of the same checkpoint on the same inputs reuses PyTorch's logits (same
+    figures), and --no-cache runs PyTorch again."""
+    missing = tmp_path / "no-such.pt"
+    assert_one_line_error(run_cli("verify", "-c", missing, seeded_chain["fp32"]), 2, "give exactly one of --data DIR")
+    assert_one_line_error(run_cli("verify", "-c", missing, seeded_chain["fp32"], "--data", tmp_path / "nowhere"), 2, "nowhere: no such folder")
+    env = {"DROPCOV_CACHE": str(tmp_path / "cache")}
+    args = ("verify", "-c", seeded_chain["checkpoint"], seeded_chain["fp32"], "--random", "8", "--json")
+    first, second = run_cli(*args, env=env), run_cli(*args, env=env)
+    assert "reused from the cache" not in first.stderr and "reused from the cache" in second.stderr
+    assert json.loads(first.stdout)["artifacts"] == json.loads(second.stdout)["artifacts"]
+    assert "reused from the cache" not in run_cli(*args, "--no-cache", env=env).stderr
+    assert list((tmp_path / "cache" / "reference-logits").glob("*.npy"))

@@ -94,7 +94,9 @@ def streaming_histograms() -> Iterator[None]:
     Inside this block they take one batch at a time: `collect_data` is called per batch, folding
     each into the persistent HistogramCollector (which merges histograms across calls) and freeing
     the batch's outputs, so peak memory stays one batch's worth whatever the number of images.
-    (MinMax has its own switch: the CalibMaxIntermediateOutputs option.)"""
+    (MinMax keeps only its ReduceMin/ReduceMax outputs, a few numbers per tensor per batch, so it
+    needs no streaming; its CalibMaxIntermediateOutputs switch is not used: ONNX Runtime 1.24 clears
+    the collected batches there without folding them in, and then finds "No data is collected".)"""
     from onnxruntime.quantization.calibrate import CalibrationDataReader, HistogramCalibrater
 
     original = HistogramCalibrater.collect_data
@@ -133,7 +135,7 @@ def ort_quantize_static(named: Path, calibration: CalibrationSet, out: Path, met
             weight_type=QuantType.QInt8,
             nodes_to_exclude=exclude,
             calibrate_method=methods[method],
-            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False, "CalibMaxIntermediateOutputs": 1},
+            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
         )
 
 

@@ -8,12 +8,31 @@ duration, then everything is put back.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import os
+import sys
 from collections.abc import Iterator
+from typing import Any
 
 QUANTIZER_LOGGERS = ("modelopt", "autocast", "onnx2trt", "polygraphy", "onnxruntime", "root")
+
+
+def _silence_imported_tqdm() -> list[tuple[Any, Any]]:
+    """Modules of the quantizers that already imported `tqdm` (ModelOpt's ORT patches draw a bar per
+    calibration pass) get a tqdm that draws nothing; returns what to put back."""
+    try:
+        import tqdm
+    except ImportError:
+        return []
+    quiet = functools.partial(tqdm.tqdm, disable=True)
+    swapped = []
+    for name, module in list(sys.modules.items()):
+        if name.startswith(("modelopt", "onnxruntime")) and getattr(module, "tqdm", None) is tqdm.tqdm:
+            swapped.append((module, tqdm.tqdm))
+            setattr(module, "tqdm", quiet)  # noqa: B010 - modules of others, patched for the duration
+    return swapped
 
 
 @contextlib.contextmanager
@@ -28,11 +47,14 @@ def quiet_quantizers() -> Iterator[None]:
     except Exception:  # noqa: BLE001 - ModelOpt absent or older: nothing more to silence
         pass
     tqdm_was = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"
+    os.environ["TQDM_DISABLE"] = "1"  # read by tqdm when it is first imported only
+    silenced = _silence_imported_tqdm()
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             yield
     finally:
+        for module, original in silenced:
+            setattr(module, "tqdm", original)  # noqa: B010
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
         if tqdm_was is None:
