@@ -34,7 +34,7 @@ def test_an_unexpected_exception_is_mapped_as_main_maps_it(monkeypatch):
     def broken():
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(dropcov_deploy.model_table, "architecture_rows", broken)
+    monkeypatch.setattr(dropcov_deploy.model_table, "cached_architecture_rows", broken)
     result = run_cli("models")
     assert result.returncode == 70 and "Traceback" in result.stderr and "RuntimeError: boom" in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: unexpected RuntimeError")
