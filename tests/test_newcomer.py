@@ -14,20 +14,20 @@ def test_build_defaults_to_the_useful_precision_and_takes_minmax(seeded_digits, 
     _, fp32 = seeded_digits
     env = {"DROPCOV_CACHE": str(tmp_path / "cache")}
     out = tmp_path / "m.onnx"
-    result = run_cli("build", fp32, "--calib", calibration_dir, "--calib-size", "16", "--calib-method", "minmax", "--out", out, env=env)
+    result = run_cli("build", fp32, "--calib", calibration_dir, "--calib-size", "8", "--calib-method", "minmax", "--out", out, env=env)
     assert result.returncode == 0, result.stderr
     manifest = Manifest.read(out)
     assert manifest.precision.value == "int8" and manifest.get("calibration")["method"] == "max"
-    again = run_cli("build", fp32, "--calib", calibration_dir, "--calib-size", "16", "--calib-method", "max", "--out", tmp_path / "n.onnx", "--no-cache", env=env)
+    again = run_cli("build", fp32, "--calib", calibration_dir, "--calib-size", "8", "--calib-method", "max", "--out", tmp_path / "n.onnx", "--no-cache", env=env)
     assert again.returncode == 0 and "from cache" not in again.stdout
-    fp16 = run_cli("build", fp32, "-p", "fp16", "--calib", calibration_dir, "--calib-size", "16", "--out", tmp_path / "h.onnx", env=env)
+    fp16 = run_cli("build", fp32, "-p", "fp16", "--calib", calibration_dir, "--calib-size", "8", "--out", tmp_path / "h.onnx", env=env)
     assert fp16.returncode == 0 and "runs slower than FP32 on the CPU" in fp16.stderr
 
 
 def test_tensorrt_int8_build_draws_no_progress_bars(seeded_digits, calibration_dir, tmp_path):
     """ModelOpt's calibration draws an unlabelled tqdm bar per pass; build's output has only its own lines."""
     _, fp32 = seeded_digits
-    result = run_cli("build", fp32, "-p", "int8", "--backend", "tensorrt", "--calib", calibration_dir, "--calib-size", "16",
+    result = run_cli("build", fp32, "-p", "int8", "--backend", "tensorrt", "--calib", calibration_dir, "--calib-size", "8",
                      "--out", tmp_path / "t.onnx", env={"DROPCOV_CACHE": str(tmp_path / "cache")})
     assert result.returncode in (0, 3), result.stderr  # 3: no TensorRT here for the engine step
     assert "it/s" not in result.stderr and "%|" not in result.stderr
