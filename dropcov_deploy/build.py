@@ -75,6 +75,12 @@ class BuildResult:
     engine_only: bool = False  # the input was already a precision ONNX: only the engine step ran
 
 
+def files_written(out: Path) -> list[Path]:
+    """Every file a build to `out` may write: the precision ONNX and its manifest, the ORT-optimized
+    model, the plan and its manifest (none of them may be one of the build's inputs)."""
+    return [out, sidecar_path(out), ort_optimized_path_for(out), plan_path_for(out), sidecar_path(plan_path_for(out))]
+
+
 def default_output(model: Path, precision: Precision, target: Target) -> Path:
     stem = model.name[: -len(".onnx")] if model.name.endswith(".onnx") else model.stem
     return model.with_name(f"{stem}.{precision.value}.{target.file_tag}.onnx")
@@ -245,8 +251,7 @@ def build(model: str | Path, options: BuildOptions, step: StepReporter = quiet_s
 
         require_modelopt()  # exit 3 naming the extra, before the calibration images are read
     out = Path(options.out) if options.out else default_output(model, precision, target)
-    written = [out, sidecar_path(out), ort_optimized_path_for(out), plan_path_for(out), sidecar_path(plan_path_for(out))]
-    spare_inputs(written, [model, options.calib])
+    spare_inputs(files_written(out), [model, options.calib])
     check_writable(out)
     source_sha = sha256_file(model)
     if target.device_artifact is not None:

@@ -493,17 +493,14 @@ def debug_precision_command(
     from dropcov_deploy.reports import write_json
 
     outputs: list[Path | None] = [report, out]
-    if apply:  # the build's own outputs (its sidecar, the ORT model) must not be a --report either
+    if apply:  # the build's own outputs (its sidecar, the ORT model, a plan) must not be a --report either
         from dropcov_deploy.backends import get_target
-        from dropcov_deploy.backends.onnxruntime import ort_optimized_path_for
-        from dropcov_deploy.build import default_output
+        from dropcov_deploy.build import default_output, files_written
         from dropcov_deploy.debug_precision import TARGET_BACKENDS
-        from dropcov_deploy.manifest import sidecar_path
         from dropcov_deploy.precision import Precision
 
         if target in TARGET_BACKENDS:
-            built = out or default_output(model, Precision.parse(precision), get_target(TARGET_BACKENDS[target]))
-            outputs = [report, built, sidecar_path(built), ort_optimized_path_for(built)]
+            outputs = [report, *files_written(out or default_output(model, Precision.parse(precision), get_target(TARGET_BACKENDS[target])))]
     spare_inputs(outputs, [model, calib, data, checkpoint, reference, gates])
     options = DebugOptions(
         precision=precision,

@@ -171,13 +171,3 @@ def resolve_op_types(op_types: list[str], model, option: str = "--exclude-op-typ
             hint = f"; did you mean {', '.join(near)}?" if near else f"; the graph has {', '.join(present)}"
             raise InputError(f"{option} {op_type!r}: no node of that op type{hint}")
     return [node.name for node in model.graph.node if node.op_type in op_types]
-
-
-def labels_by_node(model) -> dict[str, str]:
-    """Node name -> what reports call the layer (module path where known)."""
-    return {layer.name: layer.label for layer in layers(model)}
-
-
-def describe(chosen: list[Layer]) -> list[dict[str, Any]]:
-    """For the manifest: each kept layer's node, module and op type."""
-    return [{"node": layer.name, "module": layer.module, "op_type": layer.op_type} for layer in chosen]

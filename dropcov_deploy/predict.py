@@ -6,6 +6,7 @@ TensorRT only), so it runs on a board that has only the runtime installed.
 
 from __future__ import annotations
 
+import glob
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,7 @@ def image_paths(images: list[str | Path]) -> list[Path]:
         elif path.exists():
             found.append(path)
         elif GLOB_CHARACTERS & set(str(given)):
-            anchor = Path(path.anchor) if path.is_absolute() else Path(".")
-            matches = sorted(p for p in anchor.glob(str(path.relative_to(anchor)) if path.is_absolute() else str(given)) if p.is_file())
+            matches = sorted(Path(p) for p in glob.glob(str(given), recursive=True) if Path(p).is_file())
             if not matches:
                 raise InputError(f"{given}: no file matches")
             found += matches

@@ -229,12 +229,12 @@ def debug_precision_report(report: dict[str, Any]) -> None:
     for column in ("rank", "layer", "op", "alone reduced: top-1", "rel. error", "alone kept: top-1", "rel. error ", "kept"):
         table.add_column(column, no_wrap=column not in ("layer",), overflow="fold")
     kept = set(report["keep_float"])
+
+    def error(metrics: dict[str, Any]) -> str:
+        return f"{metrics['nonfinite']} NaN/Inf" if metrics.get("nonfinite") else f"{metrics.get('relative_error', 0):.1e}"
+
     for rank, row in enumerate(report["ranking"], 1):
         alone, float_ = row["metrics_alone_quantized"], row["metrics_kept_float"]
-
-        def error(metrics: dict[str, Any]) -> str:
-            return f"{metrics['nonfinite']} NaN/Inf" if metrics.get("nonfinite") else f"{metrics.get('relative_error', 0):.1e}"
-
         table.add_row(
             str(rank),
             escape(row["layer"]),

@@ -163,23 +163,19 @@ def decide(interval: tuple[float, float], bound: dict[str, float]) -> str:
 
 def intervals(logits: np.ndarray, reference: np.ndarray, labels: np.ndarray | None, confidence: float = CONFIDENCE) -> dict[str, Any]:
     """95% intervals for top-1/top-5 agreement, accuracy, the reference's accuracy and the paired
-    accuracy drop (the same finite-value handling as `metrics.compare`)."""
-    logits, reference = np.asarray(logits, np.float64), np.asarray(reference, np.float64)
-    finite = np.isfinite(logits) & np.isfinite(reference)
-    artifact_ok, reference_ok = np.isfinite(logits).all(axis=1), np.isfinite(reference).all(axis=1)
-    ref_top1 = np.where(np.isfinite(reference), reference, -np.inf).argmax(axis=1)
-    safe = np.where(finite, logits, 0.0)
-    n = len(safe)
-    agree = (safe.argmax(axis=1) == ref_top1) & artifact_ok & reference_ok
-    top5 = (np.argsort(-safe, axis=1)[:, : min(5, safe.shape[1])] == ref_top1[:, None]).any(axis=1) & artifact_ok & reference_ok
+    accuracy drop, counting each sample as `metrics.compare` does (`metrics.per_sample`)."""
+    from dropcov_deploy.metrics import per_sample
+
+    samples = per_sample(logits, reference, labels)
+    n = len(samples.safe)
     found: dict[str, Any] = {
         "confidence": confidence,
         "samples": n,
-        "top1_agreement": list(binomial_interval(int(agree.sum()), n, confidence)),
-        "top5_agreement": list(binomial_interval(int(top5.sum()), n, confidence)),
+        "top1_agreement": list(binomial_interval(int(samples.top1.sum()), n, confidence)),
+        "top5_agreement": list(binomial_interval(int(samples.top5.sum()), n, confidence)),
     }
-    if labels is not None:
-        artifact_right, reference_right = (safe.argmax(axis=1) == labels) & artifact_ok, (ref_top1 == labels) & reference_ok
+    if samples.artifact_right is not None and samples.reference_right is not None:
+        artifact_right, reference_right = samples.artifact_right, samples.reference_right
         found["accuracy"] = list(binomial_interval(int(artifact_right.sum()), n, confidence))
         found["reference_accuracy"] = list(binomial_interval(int(reference_right.sum()), n, confidence))
         found["accuracy_drop"] = list(paired_drop_interval(reference_right, artifact_right, confidence))

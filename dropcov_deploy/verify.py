@@ -97,11 +97,8 @@ def _inputs(
     from dropcov_deploy.data.images import list_images, model_labels
     from dropcov_deploy.reference import random_inputs
 
-    if sum(source is not None for source in (data, dataset, random)) != 1:
-        raise InputError("give exactly one of --data DIR, --dataset digits[:train|val|test] or --random N")
+    _check_source(data, dataset, random)
     if random is not None:
-        if random < 1:
-            raise InputError(f"--random {random}: need at least one input")
         return InputSet(arrays=random_inputs(random, (3, image_size, image_size))), None, f"{random} seeded random inputs"
     if dataset is not None:
         from dropcov_deploy.data.datasets import dataset_images, parse_dataset
@@ -114,6 +111,18 @@ def _inputs(
         described = f"{len(images)} images from {data}" + (" (labelled)" if images.labels is not None else "")
     labels = model_labels(images, class_names)
     return InputSet(paths=images.items, prep=prep, workers=workers), labels, described
+
+
+def _check_source(data: Path | None, dataset: str | None, random: int | None) -> None:
+    """Exactly one input source, and that one usable: checked before anything slow is loaded."""
+    if sum(source is not None for source in (data, dataset, random)) != 1:
+        raise InputError("give exactly one of --data DIR, --dataset digits[:train|val|test] or --random N")
+    if random is not None and random < 1:
+        raise InputError(f"--random {random}: need at least one input")
+    if dataset is not None:
+        _dataset_name(dataset)
+    if data is not None and not Path(data).is_dir():
+        raise InputError(f"{data}: no such folder of images")
 
 
 def _dataset_name(dataset: str | None) -> str | None:
@@ -171,9 +180,11 @@ def torch_reference(
     inputs, labels, described = _inputs(data, dataset, random, info.class_names, prep, prep.crop, workers)
     from dropcov_deploy import reference_cache
 
-    identity = reference_cache.inputs_identity(inputs.items, f"{described}|random={random}|{_dataset_name(dataset)}")
-    key = reference_cache.cache_key(info.sha256, prep.to_dict(), identity)
-    cached = reference_cache.load_logits(key, len(inputs)) if use_cache else None
+    key = None
+    if use_cache:  # identifying the inputs stats every file: only when the cache is used
+        identity = reference_cache.inputs_identity(inputs.items, f"{described}|random={random}|{_dataset_name(dataset)}")
+        key = reference_cache.cache_key(info.sha256, prep.to_dict(), identity)
+    cached = reference_cache.load_logits(key, len(inputs)) if key is not None else None
     if cached is not None:
         with step(f"PyTorch reference on {described}: reused from the cache (same checkpoint and inputs)"):
             logits = cached
@@ -184,7 +195,7 @@ def torch_reference(
                 pieces += [loaded.model(torch.from_numpy(chunk[i : i + batch_size])).numpy() for i in range(0, len(chunk), batch_size)]
                 advance(handle, sum(len(p) for p in pieces), len(inputs))
         logits = np.concatenate(pieces)
-        if use_cache and np.isfinite(logits).all():
+        if key is not None and np.isfinite(logits).all():
             reference_cache.store_logits(key, logits)
     if not np.isfinite(logits).all():
         raise InputError(
@@ -265,12 +276,7 @@ def verify(
         check_writable(Path(save_reference))
     overrides = gate_rules.read_overrides(gates_file)  # a bad gates file fails before the slow work
     if checkpoint is not None:  # the inputs are checked before the checkpoint is loaded (seconds of PyTorch)
-        if sum(source is not None for source in (data, dataset, random)) != 1:
-            raise InputError("give exactly one of --data DIR, --dataset digits[:train|val|test] or --random N")
-        if dataset is not None:
-            _dataset_name(dataset)
-        if data is not None and not Path(data).is_dir():
-            raise InputError(f"{data}: no such folder of images")
+        _check_source(data, dataset, random)
     for path in paths:
         if not path.exists():
             raise InputError(f"{path}: no such file")
