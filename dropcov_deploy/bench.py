@@ -10,6 +10,11 @@ Two figures per backend and batch size, each compared only with its own kind:
   none on the CPU: `device_ms` is then null and `device_unavailable` says why (never a made-up number).
 `speedup_vs_torch` divides PyTorch's end-to-end p50 by the result's end-to-end p50, and
 `device_speedup_vs_torch` device by device; a kind PyTorch lacks gives null, never a mixed ratio.
+`--baseline compile` (or both) adds torch.compile (inductor) of the same model as a second
+baseline, compiled per batch size outside the timed region; `speedup_vs_compile` is against it.
+An ONNX model is timed in each `--runtime` given (ONNX Runtime, OpenVINO), else in the one its
+build chose. Each row also says how close it is to the machine's limit (`roofline`): its
+multiply-accumulates, the GOP/s achieved and the fraction of the measured GEMM rate.
 
 Warm-up by time, then timed iterations until at least P99_MIN_SAMPLES samples are in and the
 running median is stable, or `--max-time` runs out (trtexec's habits). p99 comes only from
@@ -35,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from dropcov_deploy.backends import DeviceTimed, Runner, open_runner
+from dropcov_deploy.backends import DeviceTimed, Runner, open_runner, runtime_names
 from dropcov_deploy.errors import BackendUnavailable, InputError, first_line
 from dropcov_deploy.manifest import ONNX, TENSORRT_ENGINE, BatchRange, Manifest, artifact_kind
 from dropcov_deploy.memory import available_memory_bytes
@@ -52,7 +57,13 @@ TORCH_DEVICE_TIMING = "GPU compute (CUDA events around the model, input already 
 ORT_DEVICE_TIMING = "GPU compute (CUDA events on ONNX Runtime's compute stream; input and outputs bound on the GPU by IOBinding)"
 ORT_INPUT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 SPEEDUP_RULE = (
-    "speedup_vs_torch: end-to-end p50 against PyTorch's end-to-end p50; device_speedup_vs_torch: device p50 against PyTorch's device p50; never mixed"
+    "speedup_vs_torch: end-to-end p50 against PyTorch eager's end-to-end p50; speedup_vs_compile: the same against torch.compile's; "
+    "device_speedup_vs_torch: device p50 against PyTorch's device p50; never mixed"
+)
+COMPILE_BACKEND = "torch-compile"
+BASELINES = ("eager", "compile", "both")
+TORCH_COMPILE_TIMING = (
+    "end-to-end: host wall clock around torch.from_numpy(batch).to(device) -> compiled model -> .cpu(); compiled for this batch size before timing"
 )
 
 Timed = Callable[[], "float | None"]  # one timed call; returns its own ms when it has a better clock (CUDA events)
@@ -74,6 +85,7 @@ class BenchResult:
     cv: float
     stable: bool
     speedup_vs_torch: float | None = None
+    speedup_vs_compile: float | None = None
     timing: str = "host wall clock"
     warnings: list[str] = field(default_factory=list)
     device_ms: dict[str, float | None] | None = None
@@ -84,6 +96,10 @@ class BenchResult:
     device_speedup_vs_torch: float | None = None
     device_timing: str | None = None
     device_unavailable: str | None = None  # why there is no device figure (None when there is one)
+    macs: int | None = None  # multiply-accumulates of this batch (roofline.count_macs x batch size)
+    macs_int8: int | None = None
+    achieved_gops: float | None = None  # 2 x macs / end-to-end p50
+    fraction_of_gemm_rate: float | None = None  # roofline.fraction: the MACs at the measured GEMM rates / p50
 
 
 @dataclass
@@ -226,13 +242,17 @@ def _p50(figure: dict[str, float | None] | None) -> float | None:
 
 def pair_speedups(results: Sequence[BenchResult]) -> None:
     """Set every result's speed-ups against PyTorch at its batch size: end-to-end against
-    PyTorch's end-to-end, device against PyTorch's device figure. A kind either side lacks
-    gives None: an engine's GPU time is never divided into PyTorch's host latency."""
+    PyTorch's end-to-end, device against PyTorch's device figure, and end-to-end against the
+    torch.compile baseline where it was timed. A kind either side lacks gives None: an
+    engine's GPU time is never divided into PyTorch's host latency."""
     baseline = {r.batch_size: r for r in results if r.backend == "torch"}
+    compiled = {r.batch_size: r for r in results if r.backend == COMPILE_BACKEND}
     for result in results:
         torch_row = baseline.get(result.batch_size)
         result.speedup_vs_torch = speedup(_p50(torch_row.latency_ms) if torch_row else None, _p50(result.latency_ms))
         result.device_speedup_vs_torch = speedup(_p50(torch_row.device_ms) if torch_row else None, _p50(result.device_ms))
+        compile_row = compiled.get(result.batch_size)
+        result.speedup_vs_compile = speedup(_p50(compile_row.latency_ms) if compile_row else None, _p50(result.latency_ms))
 
 
 def engine_cuda_graph(path: Path, requested: bool) -> bool:
@@ -300,8 +320,9 @@ class _Subject:
     device_unavailable: str | None = None
 
 
-def _torch_subject(checkpoint: Path, device: str, threads: int | None) -> tuple[_Subject, int]:
-    """PyTorch eager, the baseline (end-to-end always; device time by CUDA events on a GPU), and its crop size."""
+def _torch_subjects(checkpoint: Path, device: str, threads: int | None, baseline: str = "eager", batch_count: int = 3) -> tuple[list[_Subject], int]:
+    """The PyTorch baselines `baseline` names (eager: end-to-end always, device time by CUDA events
+    on a GPU; compile: torch.compile of the same model), and the model's crop size."""
     import torch
 
     from dropcov_deploy.models import load_checkpoint_with_info
@@ -332,12 +353,50 @@ def _torch_subject(checkpoint: Path, device: str, threads: int | None) -> tuple[
 
         return CudaEventTimer(launch, held=(placed,))
 
-    subject = _Subject("torch", str(checkpoint), "fp32", end_to_end, TORCH_END_TO_END)
-    if device == "cuda":
-        subject.make_device, subject.device_timing = on_device, TORCH_DEVICE_TIMING
-    else:
-        subject.device_unavailable = CPU_NO_DEVICE_TIME
-    return subject, loaded.info.resolved_preprocessing().crop
+    subjects = []
+    if baseline in ("eager", "both"):
+        subject = _Subject("torch", str(checkpoint), "fp32", end_to_end, TORCH_END_TO_END)
+        if device == "cuda":
+            subject.make_device, subject.device_timing = on_device, TORCH_DEVICE_TIMING
+        else:
+            subject.device_unavailable = CPU_NO_DEVICE_TIME
+        subjects.append(subject)
+    if baseline in ("compile", "both"):
+        subjects.append(_compile_subject(model, str(checkpoint), device, batch_count))
+    return subjects, loaded.info.resolved_preprocessing().crop
+
+
+def _compile_subject(model: Any, checkpoint: str, device: str, batch_count: int) -> _Subject:
+    """torch.compile (inductor, static shapes) of the model: each batch size is compiled by one call
+    when its batch is placed, outside the timed region; the timed call is the compiled model's."""
+    import torch
+
+    # one graph per batch size: raise dynamo's recompile limit above the number of sizes, or a
+    # later size would silently run eager under the compile label
+    torch._dynamo.config.cache_size_limit = max(int(torch._dynamo.config.cache_size_limit), batch_count + 2)
+    compiled = torch.compile(model, dynamic=False)
+
+    def end_to_end(batch: np.ndarray) -> Timed:
+        host = torch.from_numpy(batch)
+        try:
+            with torch.inference_mode():
+                compiled(host.to(device)).cpu()  # compiles for this shape now, not in the timed loop
+        except Exception as exc:  # inductor needs a C++ compiler (CPU) or Triton (GPU)
+            raise CompileFailed(f"torch.compile failed ({first_line(exc)})") from exc
+
+        def run() -> None:
+            with torch.inference_mode():
+                compiled(host.to(device)).cpu()
+
+        return run
+
+    subject = _Subject(COMPILE_BACKEND, checkpoint, "fp32", end_to_end, TORCH_COMPILE_TIMING)
+    subject.device_unavailable = CPU_NO_DEVICE_TIME if device != "cuda" else "torch.compile is timed end-to-end only"
+    return subject
+
+
+class CompileFailed(Exception):
+    """torch.compile could not compile the model here; the baseline is skipped, with this reason."""
 
 
 def _ort_gpu_problem() -> str | None:
@@ -449,6 +508,10 @@ def bench(
     cuda_graph: bool = False,
     data: Path | None = None,
     dataset: str | None = None,
+    runtimes: Sequence[str] | None = None,
+    baseline: str = "eager",
+    roofline: bool = True,
+    cache_dir: Path | None = None,
     progress: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
     """Time PyTorch eager (when given a checkpoint) and every artifact at each batch size.
@@ -458,6 +521,14 @@ def bench(
     listed in "skipped" with the reason, and the rest is timed."""
     if device not in ("cpu", "cuda"):
         raise InputError(f"--device {device!r}: use cpu or cuda")
+    if baseline not in BASELINES:
+        raise InputError(f"--baseline {baseline!r}: use {', '.join(BASELINES)}")
+    if baseline != "eager" and checkpoint is None:
+        raise InputError(f"--baseline {baseline} times the PyTorch model: give --checkpoint")
+    runtimes = list(dict.fromkeys(runtimes or []))
+    for name in runtimes:
+        if name not in runtime_names():
+            raise InputError(f"--runtime {name!r}: use {', '.join(runtime_names())} (a comma list times each ONNX model in each)")
     if not batch_sizes or min(batch_sizes) < 1:
         raise InputError("--batch-sizes: give positive integers, e.g. 1,8,32")
     if not (0 <= warmup_s < float("inf")) or not (0 < max_time_s < float("inf")):  # NaN fails both
@@ -476,9 +547,9 @@ def bench(
     subjects: list[_Subject] = []
     image_shape = None
     if checkpoint is not None:
-        subject, size = _torch_subject(Path(checkpoint), device, threads)
+        baselines, size = _torch_subjects(Path(checkpoint), device, threads, baseline, len(batch_sizes))
         image_shape = (3, size, size)
-        subjects.append(subject)
+        subjects += baselines
     if image_shape is None:
         if len(shapes) != 1:
             raise InputError(f"artifacts take different input shapes {sorted(shapes)}; bench them separately")
@@ -500,33 +571,41 @@ def bench(
                 raise InputError(f"{path}: takes input {list(specs[path].image_shape)}, others take {list(image_shape)}")
             kind, graph = artifact_kind(path), engine_cuda_graph(path, cuda_graph)
             on_gpu = kind == ONNX and device == "cuda"
-            problem = None
-            try:
-                runner = runners.enter_context(open_runner(path, device, threads, cuda_graph=graph))
-            except BackendUnavailable as exc:  # the ONNX Runtime runner refuses a CPU fallback on --device cuda
-                if not on_gpu:
-                    raise
-                problem = _ort_gpu_problem() or first_line(exc)
-            if problem:
-                problem = problem.removeprefix(f"{path}: ")
-                skipped.append({"artifact": str(path), "reason": problem})
-                warnings.append(f"{path.name} not timed: {problem}")
-                continue
-            warnings += [f"{path.name}: {w}" for w in getattr(runner, "warnings", None) or []]  # e.g. an engine built on another GPU
-            described.append(
-                {
-                    "artifact": str(path),
-                    "backend": runner.backend,
-                    "kind": kind,
-                    "precision": manifests[path].precision.value,
-                    "bytes": path.stat().st_size,
-                    "engine": engine_facts(runner, path, graph) if kind == TENSORRT_ENGINE else None,
-                }
-            )
-            subjects.append(_runner_subject(runner, path, manifests[path], device))
+            chosen = runtimes if kind == ONNX and runtimes else [None]
+            refused: list[InputError] = []
+            for runtime in chosen:
+                problem = None
+                try:
+                    runner = runners.enter_context(open_runner(path, device, threads, cuda_graph=graph, runtime=runtime))
+                except BackendUnavailable as exc:  # the ONNX Runtime runner refuses a CPU fallback on --device cuda
+                    if not on_gpu and len(chosen) < 2:
+                        raise
+                    problem = (_ort_gpu_problem() if on_gpu and runtime in (None, "onnxruntime") else None) or first_line(exc)
+                except InputError as exc:  # one runtime of several cannot load it (OpenVINO and an .ort.onnx): the others still time it
+                    refused.append(exc)
+                    if len(refused) == len(chosen):
+                        raise
+                    problem = first_line(exc)
+                if problem:
+                    problem = problem.removeprefix(f"{path}: ")
+                    skipped.append({"artifact": str(path), "runtime": runtime, "reason": problem})  # type: ignore[dict-item]
+                    warnings.append(f"{path.name}{f' in {runtime}' if runtime else ''} not timed: {problem}")
+                    continue
+                warnings += [f"{path.name}: {w}" for w in getattr(runner, "warnings", None) or []]  # e.g. an engine built on another GPU
+                described.append(
+                    {
+                        "artifact": str(path),
+                        "backend": runner.backend,
+                        "kind": kind,
+                        "precision": manifests[path].precision.value,
+                        "bytes": path.stat().st_size,
+                        "engine": engine_facts(runner, path, graph) if kind == TENSORRT_ENGINE else None,
+                    }
+                )
+                subjects.append(_runner_subject(runner, path, manifests[path], device))
         if not subjects:
             raise BackendUnavailable("nothing to time: " + "; ".join(f"{Path(s['artifact']).name}: {s['reason']}" for s in skipped))
-        results = _measure_all(subjects, batch_sizes, image_shape, warmup_s, max_time_s, progress, inputs)
+        results = _measure_all(subjects, batch_sizes, image_shape, warmup_s, max_time_s, progress, inputs, skipped, warnings)
         for subject in subjects:
             accepts = subject.batch
             left_out = [b for b in batch_sizes if accepts is not None and not accepts.fits(b)]
@@ -536,6 +615,7 @@ def bench(
                 )
                 warnings.append(f"{Path(subject.artifact).name}: not timed at batch {', '.join(map(str, left_out))} (it accepts {accepts.min}..{accepts.max})")
     pair_speedups(results)
+    limit = _roofline(results, paths, device, threads, cache_dir, progress, warnings) if roofline else None
     return {
         "machine": machine_info(device),
         "settings": {
@@ -553,6 +633,7 @@ def bench(
             "speedups": SPEEDUP_RULE,
         },
         "results": [asdict(r) for r in results],
+        "roofline": limit,
         "artifacts": described,
         "skipped": skipped,
         "warnings": warnings,
@@ -621,11 +702,14 @@ def _measure_all(
     max_time_s: float,
     progress: Callable[[str], None],
     inputs: np.ndarray | None = None,
+    skipped: list[dict[str, Any]] | None = None,
+    warnings: list[str] | None = None,
 ) -> list[BenchResult]:
     """Each batch size, each subject: the end-to-end figure first, then the device figure (a device
     timer places its batch once, and an `infer` after that would replace it)."""
     results: list[BenchResult] = []
     rng = np.random.default_rng(0)
+    failed: set[int] = set()
     for batch_size in batch_sizes:
         # prepared outside the timed region
         if inputs is not None:
@@ -633,11 +717,20 @@ def _measure_all(
         else:
             batch = rng.standard_normal((batch_size, *image_shape), dtype=np.float32)
         for subject in subjects:
-            if subject.batch is not None and not subject.batch.fits(batch_size):
+            if (subject.batch is not None and not subject.batch.fits(batch_size)) or id(subject) in failed:
                 continue
             name = f"{subject.backend} {Path(subject.artifact).name} batch {batch_size}"
-            progress(f"{name} end-to-end")
-            end_to_end = figure_from_samples(*measure(subject.make(batch), warmup_s, max_time_s), max_time_s)
+            progress(f"{name} end-to-end" if subject.backend != COMPILE_BACKEND else f"{name}: compiling, then timing")
+            try:
+                timed_call = subject.make(batch)
+            except CompileFailed as exc:  # the compile baseline is skipped; the rest is timed
+                failed.add(id(subject))
+                if skipped is not None:
+                    skipped.append({"artifact": subject.artifact, "backend": subject.backend, "reason": str(exc)})
+                if warnings is not None:
+                    warnings.append(f"{subject.backend} not timed: {exc}")
+                continue
+            end_to_end = figure_from_samples(*measure(timed_call, warmup_s, max_time_s), max_time_s)
             device, unavailable = None, subject.device_unavailable
             if subject.make_device is not None:
                 progress(f"{name} device")
@@ -649,3 +742,54 @@ def _measure_all(
                     device = figure_from_samples(*measure(timed, warmup_s, max_time_s), max_time_s, label="device time")
             results.append(_result(subject, batch_size, end_to_end, device, unavailable))
     return results
+
+
+def _roofline(
+    results: list[BenchResult],
+    paths: list[Path],
+    device: str,
+    threads: int | None,
+    cache_dir: Path | None,
+    progress: Callable[[str], None],
+    warnings: list[str],
+) -> dict[str, Any]:
+    """Fill each result's MACs, achieved GOP/s and fraction of the machine's GEMM rate, and return
+    what they were measured against (`roofline` module). The PyTorch rows take the MACs of the
+    FP32 ONNX (the same model, all float); an engine has no ONNX graph to count here."""
+    from dropcov_deploy import roofline
+
+    counts: dict[str, roofline.MacCount | None] = {}
+    for path in paths:
+        if artifact_kind(path) != ONNX:
+            counts[str(path)] = None
+            continue
+        progress(f"counting multiply-accumulates of {path.name}")
+        try:
+            counts[str(path)] = roofline.count_macs(path)
+        except Exception as exc:  # a graph ONNX Runtime cannot run with its intermediates exposed: no roofline for it, and why
+            counts[str(path)] = None
+            warnings.append(f"{path.name}: its multiply-accumulates could not be counted ({first_line(exc)})")
+    known = [c for c in counts.values() if c is not None]
+    float_model = roofline.MacCount(int8=0, float=max(c.total for c in known)) if known else None
+    rates, rates_problem = None, None
+    if device == "cpu":
+        progress("measuring this machine's GEMM rate (once per machine, then cached)")
+        rates = roofline.cpu_rates(threads, cache_dir)
+    else:
+        rates_problem = "the GEMM rate is measured on the CPU only; --device cuda rows report MACs and GOP/s without a fraction"
+    for result in results:
+        macs = float_model if result.backend in ("torch", COMPILE_BACKEND) else counts.get(result.artifact)
+        if macs is None:
+            continue
+        result.macs, result.macs_int8 = macs.total * result.batch_size, macs.int8 * result.batch_size
+        result.achieved_gops = roofline.achieved_gops(macs, result.batch_size, _p50(result.latency_ms))
+        result.fraction_of_gemm_rate = roofline.fraction(macs, result.batch_size, _p50(result.latency_ms), rates)
+    return {
+        "gemm_rates_gops": roofline.rates_dict(rates),
+        "unavailable": rates_problem,
+        "macs_per_image": {path: None if count is None else {"int8": count.int8, "float": count.float} for path, count in counts.items()},
+        "rule": (
+            "fraction_of_gemm_rate = (INT8 MACs / the INT8 GEMM rate + float MACs / the FP32 GEMM rate) / end-to-end p50; "
+            "GOP/s counts 2 ops per multiply-accumulate; PyTorch rows use the FP32 graph's MACs"
+        ),
+    }

@@ -23,19 +23,21 @@ from typing import Any
 
 from dropcov_deploy import __version__, onnx_io
 from dropcov_deploy.atomic import check_writable, spare_inputs, staged
-from dropcov_deploy.backends import TARGETS, Target, get_target, load_hook
+from dropcov_deploy.backends import DEFAULT_TARGET, TARGETS, Target, get_target, load_hook, runtime_names
 from dropcov_deploy.backends.onnxruntime import ort_optimized_path_for
 from dropcov_deploy.build_cache import PrecisionCache
 from dropcov_deploy.cache_paths import default_cache_dir
 from dropcov_deploy.engine import plan_path_for
-from dropcov_deploy.errors import InputError
+from dropcov_deploy.errors import BackendUnavailable, InputError
+from dropcov_deploy.gates import default_gates
 from dropcov_deploy.layer_names import read_names
-from dropcov_deploy.manifest import Manifest, library_versions, now_utc, sha256_file, sidecar_path
+from dropcov_deploy.manifest import ONNX, Manifest, library_versions, now_utc, sha256_file, sidecar_path
 from dropcov_deploy.precision import Precision, PrecisionRequest, graph_builder
+from dropcov_deploy.precision.cpu_choice import FORM_CHOICES
 from dropcov_deploy.precision.fc_choice import FC_CHOICES
 from dropcov_deploy.steps import StepReporter, quiet_step
 
-CACHE_VERSION = "3"  # 2: entries carry their ONNX hash (build_cache); 3: --keep-float by surgery on the calibrated graph
+CACHE_VERSION = "4"  # 2: entries carry their ONNX hash (build_cache); 3: --keep-float by surgery on the calibrated graph; 4: CPU runtime and Q/DQ form chosen
 HIGH_PRECISIONS = ("fp16", "fp32")
 # every method some target's quantizer takes, in the rows' order (entropy, max, percentile)
 CALIBRATION_ALIASES = {"minmax": "max"}  # the name ONNX Runtime and TensorRT use for the max calibrator
@@ -61,6 +63,8 @@ class BuildOptions:
     autocast_range_check: bool = True  # False: AutoCast puts every node not kept into FP16 (debugger tests)
     cache_dir: Path | None = None
     use_cache: bool = True  # False (--no-cache): recalibrate, and leave the cache as it was
+    runtime: str = "auto"  # CPU target: which runtime the artifact is for; auto measures each installed one (INT8)
+    qdq_form: str = "auto"  # CPU target INT8: a cpu_choice.FORMS name, or auto (measured)
 
 
 @dataclass
@@ -132,6 +136,31 @@ def _check_choices(options: BuildOptions) -> None:
         raise InputError(f"--calib-method {options.calib_method!r}: use entropy, max (or minmax) or percentile")
     if options.high_precision not in HIGH_PRECISIONS:
         raise InputError(f"--high-precision {options.high_precision!r}: use fp16 or fp32")
+    if options.runtime not in ("auto", *runtime_names()):
+        raise InputError(f"--runtime {options.runtime!r}: use auto, {', '.join(runtime_names())}")
+    if options.qdq_form not in FORM_CHOICES:
+        raise InputError(f"--qdq-form {options.qdq_form!r}: use one of {', '.join(FORM_CHOICES)}")
+
+
+def cpu_runtimes(options: BuildOptions, target: Target, precision: Precision) -> tuple[str, ...]:
+    """The runtimes a CPU-target build is measured in: --runtime's one, --backend openvino's, or
+    (auto) every runtime of the CPU target, each used only if installed; () for TensorRT."""
+    rows = [t.name for t in TARGETS.values() if t.tag == target.tag and t.runs == ONNX]
+    if target.runs != ONNX:
+        if options.runtime != "auto" or options.qdq_form != "auto":
+            raise InputError(f"--runtime and --qdq-form choose for the CPU target; --backend {target.name} builds an engine")
+        return ()
+    if options.qdq_form != "auto" and precision is not Precision.INT8:
+        raise InputError(f"--qdq-form applies to int8 builds, not {precision}")
+    if options.runtime != "auto" and target.name != DEFAULT_TARGET and options.runtime != target.name:
+        raise InputError(f"--backend {target.name} and --runtime {options.runtime} contradict each other; give one")
+    fixed = options.runtime if options.runtime != "auto" else (target.name if target.name != DEFAULT_TARGET else None)
+    if fixed is not None:
+        available, reason = TARGETS[fixed].is_available()
+        if not available:
+            raise BackendUnavailable(f"--runtime {fixed}: {reason}")
+        return (fixed,)
+    return tuple(name for name in rows if TARGETS[name].is_available()[0])
 
 
 def _validate(options: BuildOptions) -> tuple[Precision, Target]:
@@ -185,7 +214,15 @@ def calibration_source(options: BuildOptions):
     return options.calib
 
 
-def _cache_key(source_sha: str, calibration_sha: str | None, precision: Precision, target: Target, options: BuildOptions, kept: tuple[str, ...] = ()) -> str:
+def _cache_key(
+    source_sha: str,
+    calibration_sha: str | None,
+    precision: Precision,
+    target: Target,
+    options: BuildOptions,
+    kept: tuple[str, ...] = (),
+    runtimes: tuple[str, ...] = (),
+) -> str:
     import hashlib
 
     fields = [
@@ -200,18 +237,26 @@ def _cache_key(source_sha: str, calibration_sha: str | None, precision: Precisio
         options.high_precision,
         str(options.calib_size),
         ",".join(kept),
+        ",".join(runtimes),
+        options.qdq_form,
         "" if options.autocast_range_check else "no-range-check",
     ]
     return hashlib.sha256("|".join(fields).encode()).hexdigest()[:32]
 
 
-def _check_precision_graph(model: Path, staged_onnx: Path, precision: Precision, calibration, reference, record: dict[str, Any], out: Path) -> None:
-    """Agreement with FP32 on the calibration images, and LayerNorm/Softmax numerics (transformers):
-    a non-finite value anywhere fails the build."""
+def _check_precision_graph(
+    model: Path, staged_onnx: Path, precision: Precision, calibration, reference, record: dict[str, Any], out: Path, runner_target: Target
+) -> None:
+    """Agreement with FP32 on the calibration images, run in the runtime the artifact is for, and
+    LayerNorm/Softmax numerics (transformers): a non-finite value anywhere fails the build."""
     from dropcov_deploy.precision.fc_choice import score
     from dropcov_deploy.precision.numerics import CHECK_IMAGES, sensitive_op_report
 
-    check = score(staged_onnx, calibration, reference.logits)
+    opener = None
+    if runner_target.runs == ONNX:
+        hook = load_hook(runner_target.runner)
+        opener = lambda path: hook(path, "cpu", None)  # noqa: E731
+    check = score(staged_onnx, calibration, reference.logits, opener=opener)
     if calibration.labels is not None:
         check["reference_accuracy"] = float((reference.logits.argmax(1) == calibration.labels).mean())
     record["check"] = check
@@ -223,6 +268,18 @@ def _check_precision_graph(model: Path, staged_onnx: Path, precision: Precision,
         broken = [f"{op} ({r['worst_node']})" for op, r in report.items() if r["nonfinite"]]
         if broken:
             raise InputError(f"{out}: non-finite values inside the graph on calibration images at {', '.join(broken)}")
+
+
+def _runtime_why(record: dict[str, Any], options: BuildOptions, runtimes: tuple[str, ...], precision: Precision) -> str:
+    """Why the artifact is for the runtime the manifest names, in one sentence."""
+    choice = record.get("cpu_choice")
+    if isinstance(choice, dict) and len(runtimes) > 1:
+        return str(choice.get("why"))
+    if options.runtime != "auto" or options.backend != DEFAULT_TARGET:
+        return f"--runtime {runtimes[0]}" if options.runtime != "auto" else f"--backend {runtimes[0]}"
+    if precision is not Precision.INT8:
+        return f"{precision} builds are not measured across runtimes: {runtimes[0]}, the default"
+    return f"the only CPU runtime installed here ({runtimes[0]})"
 
 
 def _stderr(message: str) -> None:
@@ -244,6 +301,7 @@ def build(model: str | Path, options: BuildOptions, step: StepReporter = quiet_s
     if source.precision is not Precision.FP32:
         return _engine_only(model, source, options, step, log)
     precision, target = _validate(options)
+    runtimes = cpu_runtimes(options, target, precision)
     if precision in target.precision_notes:
         log(f"note: {target.precision_notes[precision]}")
     if precision in target.modelopt_precisions:
@@ -272,7 +330,7 @@ def build(model: str | Path, options: BuildOptions, step: StepReporter = quiet_s
         reference = reference_pass(model, calibration)
 
     cache_dir = Path(options.cache_dir) if options.cache_dir else default_cache_dir()
-    key = _cache_key(source_sha, calibration.sha256 if calibration else None, precision, target, options, tuple(node for node, _ in kept_float))
+    key = _cache_key(source_sha, calibration.sha256 if calibration else None, precision, target, options, tuple(node for node, _ in kept_float), runtimes)
     cache = PrecisionCache(cache_dir, log)
     hit = cache.lookup(key) if options.use_cache else None
     cached = hit is not None
@@ -319,15 +377,23 @@ def build(model: str | Path, options: BuildOptions, step: StepReporter = quiet_s
                 high_precision=options.high_precision,
                 keep_float=tuple(node for node, _ in kept_float),
                 autocast_range_check=options.autocast_range_check,
+                runtimes=runtimes if precision is Precision.INT8 else (),
+                qdq_form=options.qdq_form,
+                gates=default_gates(source.family)["int8"],
             )
             proto, record = graph_builder(precision)(request)
             shutil.rmtree(work)
             onnx_io.set_metadata(proto, manifest.metadata_props())
             onnx_io.save(proto, staged_onnx)
-        with step("checking the precision graph (onnx.checker, ONNX Runtime)"):
+        # the CPU target's artifact is for the runtime its INT8 choice measured fastest, or the one asked for
+        target = TARGETS[record.get("runtime") or (runtimes[0] if runtimes else target.name)]
+        if runtimes:
+            manifest.extra["runtime"] = {"chosen": target.name, "why": _runtime_why(record, options, runtimes, precision)}
+            manifest.extra["versions"] = library_versions("onnx", "onnxruntime", *(["openvino"] if target.name == "openvino" else []))
+        with step(f"checking the precision graph (onnx.checker, {target.name})"):
             onnx_io.check(staged_onnx)
             if calibration is not None:
-                _check_precision_graph(model, staged_onnx, precision, calibration, reference, record, out)
+                _check_precision_graph(model, staged_onnx, precision, calibration, reference, record, out, target)
         if kept_float:
             record = {**record, "kept_float": [dict(entry) for _, entry in kept_float]}
             if options.exclude_op_types:
@@ -344,6 +410,9 @@ def build(model: str | Path, options: BuildOptions, step: StepReporter = quiet_s
             ort_optimized = out.with_name(entry["artifact"])
         manifest.write(stage / sidecar_path(out).name)
 
+    stale = ort_optimized_path_for(out)
+    if ort_optimized is None and target.runs == ONNX and stale.exists() and stale not in (model, options.calib):
+        stale.unlink()  # an earlier build's ORT-optimized copy of another graph: it no longer describes `out`
     result = BuildResult(precision_onnx=out, manifest=manifest, cached=cached, ort_optimized=ort_optimized)
     if target.device_artifact is not None:
         result.engine, result.engine_manifest = load_hook(target.device_artifact)(

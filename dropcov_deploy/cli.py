@@ -13,7 +13,7 @@ from typing import Optional
 import typer
 
 from dropcov_deploy import __version__
-from dropcov_deploy.backends import DEFAULT_TARGET, TARGETS
+from dropcov_deploy.backends import DEFAULT_TARGET, TARGETS, runtime_names
 from dropcov_deploy.errors import EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, DropCovError, environment_error, missing_extra
 from dropcov_deploy.precision import Precision
 
@@ -35,6 +35,8 @@ def _flags_take_no_value() -> None:
 
 
 _flags_take_no_value()
+
+RUNTIME_HELP = f"ONNX models: run them in {' or '.join(runtime_names())} \\[default: the runtime their build chose (manifest), else onnxruntime]."
 
 app = typer.Typer(
     name="dropcov-deploy",
@@ -222,6 +224,14 @@ def build_command(
     no_cache: bool = typer.Option(
         False, "--no-cache", help="Recalibrate even when the precision cache has this graph (cache: $DROPCOV_CACHE, else ~/.cache/dropcov-deploy)."
     ),
+    runtime: str = typer.Option(
+        "auto",
+        "--runtime",
+        help=f"CPU target: the runtime the artifact is for, auto or {' or '.join(runtime_names())} (auto: INT8 measured in each installed one, the fastest that meets the gates).",
+    ),
+    qdq_form: str = typer.Option(
+        "auto", "--qdq-form", help="CPU target INT8: u8s8, s8s8, u8s8-stem or s8s8-stem (-stem: the stem conv in INT8 too); auto measures them."
+    ),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Precision ONNX path \\[default: <model>.<precision>.<cpu|trt>.onnx]."),
     json_out: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
 ) -> None:
@@ -247,6 +257,8 @@ def build_command(
         exclude_op_types=exclude_op_types,
         autocast_range_check=autocast_range_check,
         use_cache=not no_cache,
+        runtime=runtime,
+        qdq_form=qdq_form,
     )
     result = build(model, options, step=step)
     if json_out:
@@ -318,6 +330,7 @@ def verify_command(
     ),
     strict: bool = typer.Option(False, "--strict", help="Fail an artifact that was calibrated on any of these inputs (not a held-out test)."),
     device: str = typer.Option("cpu", "--device", help="ONNX Runtime device: cpu or cuda."),
+    runtime: Optional[str] = typer.Option(None, "--runtime", help=RUNTIME_HELP),
     no_cache: bool = typer.Option(False, "--no-cache", help="Run PyTorch over the inputs even when its logits for this checkpoint and input set are cached."),
     json_out: bool = typer.Option(False, "--json", help="Print the JSON report instead of a table."),
 ) -> None:
@@ -339,6 +352,7 @@ def verify_command(
         gates_file=gates,
         locate=locate,
         device=device,
+        runtime=runtime,
         save_reference=save_reference,
         max_reference_mb=max_reference_mb,
         strict=strict,
@@ -375,7 +389,7 @@ def bench_command(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="Also time the PyTorch model (the baseline)."),
     batch_sizes: str = typer.Option("1,8,32", "--batch-sizes", help="Comma-separated batch sizes."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (cuda adds GPU compute time by CUDA events beside end-to-end latency)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Intra-op threads for torch and ONNX Runtime."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Intra-op threads for torch, ONNX Runtime and OpenVINO."),
     warmup: float = typer.Option(1.0, "--warmup", help="Warm-up seconds per measurement."),
     max_time: float = typer.Option(
         5.0, "--max-time", help="Seconds at most per measurement (stops earlier once 200 samples are in and the median is stable; p99 needs 200)."
@@ -383,8 +397,16 @@ def bench_command(
     cuda_graph: bool = typer.Option(False, "--cuda-graph", help="TensorRT engines: time the GPU run replayed from a CUDA graph (ONNX models are unaffected)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Time on these images (preprocessed as the manifest says) \\[default: seeded noise]."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Time on a bundled dataset's split: digits[:train|val|test]."),
+    runtime: Optional[str] = typer.Option(
+        None,
+        "--runtime",
+        help=f"ONNX models: time them in these runtimes, a comma list of {', '.join(runtime_names())} \\[default: the runtime their build chose, else onnxruntime].",
+    ),
+    baseline: str = typer.Option(
+        "eager", "--baseline", help="With --checkpoint: PyTorch eager, torch.compile (inductor, compiled before timing) or both as the baseline."
+    ),
     report: Optional[Path] = typer.Option(None, "--report", help="Write the JSON report here."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of latency and throughput against batch size."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of latency, throughput and the fraction of the GEMM rate against batch size."),
     json_out: bool = typer.Option(False, "--json", help="Print the JSON report instead of a table."),
 ) -> None:
     """Latency percentiles and throughput per backend and batch size (end-to-end; on a GPU also device compute), with speed-ups against PyTorch."""
@@ -417,6 +439,8 @@ def bench_command(
             cuda_graph=cuda_graph,
             data=data,
             dataset=dataset,
+            runtimes=[name.strip() for name in runtime.split(",") if name.strip()] if runtime else None,
+            baseline=baseline,
             # a spinner on a terminal; piped (CI logs), a line per measurement instead of minutes of silence
             progress=(lambda text: status.update(f"benchmarking {text} ..."))
             if err.is_terminal
@@ -439,12 +463,13 @@ def predict_command(
     top_k: int = typer.Option(5, "--top", help="How many classes to show per image."),
     batch_size: int = typer.Option(32, "--batch-size", help="Images decoded and run at a time."),
     device: str = typer.Option("cpu", "--device", help="ONNX Runtime device: cpu or cuda."),
+    runtime: Optional[str] = typer.Option(None, "--runtime", help=RUNTIME_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Top-5 classes per image; the edge runtime path (no torch)."""
     from dropcov_deploy.predict import predict
 
-    results = predict(artifact, list(images), top_k=top_k, device=device, batch_size=batch_size)
+    results = predict(artifact, list(images), top_k=top_k, device=device, batch_size=batch_size, runtime=runtime)
     if json_out:
         _print_json(results)
         return
@@ -471,7 +496,8 @@ def debug_precision_command(
     ),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="The original model, run in PyTorch now: the reference."),
     reference: Optional[Path] = typer.Option(None, "--reference", "-r", help="A reference file saved by verify --save-reference (no PyTorch)."),
-    target: str = typer.Option("cpu", "--target", help="cpu (ONNX Runtime's quantizer) or tensorrt (ModelOpt's); candidates run in ONNX Runtime here."),
+    target: str = typer.Option("cpu", "--target", help="cpu (ONNX Runtime's quantizer) or tensorrt (ModelOpt's); candidates run in --runtime here."),
+    runtime: str = typer.Option("onnxruntime", "--runtime", help=f"What runs the candidates: {' or '.join(runtime_names())}."),
     gates: Optional[Path] = typer.Option(None, "--gates", help="JSON file overriding the default gates."),
     budget: int = typer.Option(100, "--budget", help="At most this many candidate graphs judged (ranking 2 per layer, then the search)."),
     autocast_range_check: bool = typer.Option(
@@ -513,6 +539,7 @@ def debug_precision_command(
         checkpoint=checkpoint,
         reference=reference,
         target=target,
+        runtime=runtime,
         gates_file=gates,
         budget=budget,
         range_check=autocast_range_check,

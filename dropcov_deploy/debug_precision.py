@@ -58,6 +58,7 @@ class DebugOptions:
     range_check: bool = True  # FP16: AutoCast's own range check (off: every layer FP16, for tests)
     high_precision: str = "fp16"  # TensorRT-target INT8: what the unquantized rest runs in (as build's --high-precision)
     batch_size: int = 64
+    runtime: str = "onnxruntime"  # which runtime judges the candidates (the CPU target's: onnxruntime or openvino)
 
 
 @dataclass
@@ -128,10 +129,12 @@ class Judge:
         budget: int,
         work: Path,
         accepts=None,
+        runtime: str = "onnxruntime",
     ):
         self.derive, self.inputs, self.expected, self.labels = derive, inputs, expected, labels
         self.gates, self.batch_size, self.budget, self.work = gates, batch_size, budget, work
         self.accepts = accepts  # the model's batch range (a fixed-batch export gets padded batches)
+        self.runtime = runtime
         self.seen: dict[frozenset[str], Candidate] = {}
         self.on_judged: Callable[[int], None] = lambda _: None
 
@@ -144,12 +147,11 @@ class Judge:
             return self.seen[kept]
         if self.left <= 0:
             raise BudgetSpent
-        from dropcov_deploy.backends import run_batched
-        from dropcov_deploy.backends.onnxruntime import OnnxRuntimeRunner
+        from dropcov_deploy.backends import TARGETS, load_hook, run_batched
 
         path = self.work / f"candidate_{len(self.seen)}.onnx"
         onnx_io.save(self.derive(kept), path)
-        runner = OnnxRuntimeRunner(path)
+        runner = load_hook(TARGETS[self.runtime].runner)(path, "cpu", None)
         try:
             outputs = run_batched(runner, self.inputs, self.accepts, self.batch_size)
         finally:
@@ -257,6 +259,15 @@ def debug_precision(model: str | Path, options: DebugOptions, step: StepReporter
         raise InputError("--precision fp32 has nothing to debug; use fp16 or int8")
     if options.target not in TARGET_BACKENDS:
         raise InputError(f"--target {options.target!r}: use cpu or tensorrt")
+    from dropcov_deploy.backends import TARGETS, runtime_names
+
+    if options.runtime not in runtime_names():
+        raise InputError(f"--runtime {options.runtime!r}: use {' or '.join(runtime_names())}")
+    available, reason = TARGETS[options.runtime].is_available()
+    if not available:
+        from dropcov_deploy.errors import BackendUnavailable
+
+        raise BackendUnavailable(f"--runtime {options.runtime}: {reason}")
     if options.budget < 3:
         raise InputError(f"--budget {options.budget}: need at least 3 candidate graphs (the baseline, all kept, one more)")
     if (options.calib is None) == (options.calib_dataset is None):
@@ -324,7 +335,18 @@ def debug_precision(model: str | Path, options: DebugOptions, step: StepReporter
 
         reduced = _reduced_layers(base, graph, precision, set(pinned))
         every = frozenset(layer.name for layer in reduced)
-        judge = Judge(derive, inputs, expected, labels, gates.get(precision, gates[Precision.FP32]), options.batch_size, options.budget, work, source.batch)
+        judge = Judge(
+            derive,
+            inputs,
+            expected,
+            labels,
+            gates.get(precision, gates[Precision.FP32]),
+            options.batch_size,
+            options.budget,
+            work,
+            source.batch,
+            options.runtime,
+        )
         notes: list[str] = []
         with step(f"judging candidates ({len(reduced)} layers in {precision}, up to {options.budget} graphs)") as handle:
             judge.on_judged = lambda count: advance(handle, count, options.budget)

@@ -66,6 +66,7 @@ EXTRAS = {
     "sklearn": "torch",
     "matplotlib": "plot",
     "modelopt": "build",
+    "openvino": "openvino",
 }
 
 

@@ -53,7 +53,9 @@ def image_paths(images: list[str | Path]) -> list[Path]:
     return found
 
 
-def predict(artifact: str | Path, images: list[str | Path], top_k: int = 5, device: str = "cpu", batch_size: int = DEFAULT_BATCH) -> list[dict[str, Any]]:
+def predict(
+    artifact: str | Path, images: list[str | Path], top_k: int = 5, device: str = "cpu", batch_size: int = DEFAULT_BATCH, runtime: str | None = None
+) -> list[dict[str, Any]]:
     """Top-k classes (names from the manifest) for each image; folders and globs expanded, the
     images decoded and run `batch_size` at a time."""
     from dropcov_deploy.manifest import Manifest
@@ -74,7 +76,7 @@ def predict(artifact: str | Path, images: list[str | Path], top_k: int = 5, devi
     names = manifest.class_names
     paths = image_paths(images)
     pieces = []
-    with open_runner(artifact, device) as runner:
+    with open_runner(artifact, device, runtime=runtime) as runner:
         for start in range(0, len(paths), batch_size):
             batch = np.stack([preprocess(load_image(p), prep) for p in paths[start : start + batch_size]]).astype(np.float32)
             pieces.append(run_batched(runner, batch, manifest.batch, batch_size))

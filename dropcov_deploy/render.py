@@ -99,6 +99,9 @@ def _provenance(manifest: dict[str, Any]) -> list[str]:
         parts.append(
             f"calibration={calibration.get('source')}, {calibration.get('images')} images, {calibration.get('method')}, sha256 {str(calibration.get('sha256'))[:12]}"
         )
+    runtime = manifest.get("runtime")
+    if isinstance(runtime, dict):
+        parts.append(f"runtime={runtime.get('chosen')}: {runtime.get('why')}")
     details = manifest.get("precision_details")
     if isinstance(details, dict):
         fc = details.get("fc")
@@ -202,7 +205,10 @@ def build_summary(result: Any) -> None:
             f"on {manifest['calibration']['images']} calibration images: top-1 agreement with FP32 {check['top1_agreement']:.4f}"
             + (f", accuracy {check['accuracy']:.4f} (FP32 {check['reference_accuracy']:.4f})" if "accuracy" in check else "")
         )
-    if "fc" in details:
+    runtime = manifest.get("runtime")
+    if isinstance(runtime, dict):
+        summary.append(f"runtime: {runtime.get('chosen')} ({runtime.get('why')})")
+    if "fc" in details and "cpu_choice" not in details:  # a CPU choice says the fc in its runtime line
         summary.append(f"fc: {details['fc']['why']}")
     if details.get("kept_float"):
         kept = ", ".join(entry.get("module") or entry["node"] for entry in details["kept_float"])
@@ -378,8 +384,12 @@ def bench_table(report: dict[str, Any]) -> None:
         table.caption = (
             "ms, img/s, vs torch: end-to-end (host in, host out). GPU: device compute by CUDA events, input already on the GPU. Speed-ups: like with like."
         )
+    compiled = any(r.get("speedup_vs_compile") is not None for r in results)
+    limit = any(r.get("achieved_gops") is not None for r in results)
     columns = ["backend", "artifact", "precision", "batch", "p50 ms", "p90 ms", "p99 ms"]
     columns += ["img/s", "iters", "vs torch", "GPU p50 ms", "GPU p99 ms", "GPU vs torch"] if device else ["mean ms", "std", "img/s", "iters", "vs torch"]
+    columns += ["vs compile"] if compiled else []
+    columns += ["GOP/s", "of GEMM"] if limit else []
     for column in columns:
         if column in ("backend", "artifact"):
             table.add_column(column, no_wrap=True)
@@ -394,6 +404,11 @@ def bench_table(report: dict[str, Any]) -> None:
         if device:
             dev = r.get("device_ms") or {}
             row += [_ms(dev.get("p50")), _ms(dev.get("p99")), _ratio(r.get("device_speedup_vs_torch"))]
+        if compiled:
+            row.append(_ratio(r.get("speedup_vs_compile")))
+        if limit:
+            gops, share = r.get("achieved_gops"), r.get("fraction_of_gemm_rate")
+            row += ["-" if gops is None else f"{gops:.0f}", "-" if share is None else f"{share:.0%}"]
         table.add_row(*row)
     out.print(table)
     for artifact in report.get("artifacts", []):
@@ -409,6 +424,14 @@ def bench_table(report: dict[str, Any]) -> None:
     if report["machine"].get("device") == "cuda":
         for backend, reason in dict.fromkeys((r["backend"], r["device_unavailable"]) for r in results if r.get("device_unavailable")):
             out.print(f"[dim]no GPU time for {escape(backend)}: {escape(reason)}[/]", highlight=False)
+    rates = (report.get("roofline") or {}).get("gemm_rates_gops")
+    if limit and rates:
+        int8 = f", INT8 {rates['int8']:.0f}" if rates.get("int8") else ""
+        out.print(
+            f"[dim]of GEMM: the MACs at this machine's measured GEMM rate (FP32 {rates['fp32']:.0f}{int8} GOP/s, {rates['gemm']}) over the p50; "
+            "100% would be every multiply-accumulate at GEMM speed[/]",
+            highlight=False,
+        )
     for warning in report.get("warnings", []):
         err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     for r in results:

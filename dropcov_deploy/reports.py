@@ -86,31 +86,48 @@ def junit_xml(report: dict[str, Any], suite: str = "dropcov-deploy verify") -> s
     return "\n".join(['<?xml version="1.0" encoding="UTF-8"?>', header, *cases, "</testsuite>", ""])
 
 
+PLOT_STYLES = {"torch": ":", "torch-compile": "-.", "openvino-cpu": "--"}  # line style by backend; the rest solid
+
+
 def plot_bench(report: dict[str, Any], path: Path) -> Path:
-    """Latency (p50) and throughput against batch size, one line per backend and artifact."""
+    """Latency (p50), throughput and the fraction of the GEMM rate against batch size, one line per
+    backend and artifact: a colour per artifact, a line style per runtime (dotted PyTorch eager, dash-dot torch.compile, dashed
+    OpenVINO, solid ONNX Runtime and TensorRT), the legend under the panels."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series: dict[str, list[dict[str, Any]]] = {}
+    series: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for r in report["results"]:
-        series.setdefault(f"{r['backend']} {r['precision']} {Path(r['artifact']).name}", []).append(r)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for label, rows in series.items():
+        series.setdefault((r["backend"], r["precision"], Path(r["artifact"]).name), []).append(r)
+    artifacts = list(dict.fromkeys(name for _, _, name in series))
+    colours = plt.get_cmap("tab10" if len(artifacts) <= 10 else "tab20")
+    fig, (left, right, limit) = plt.subplots(1, 3, figsize=(16, 4.8))
+    for (backend, precision, name), rows in series.items():
         rows = sorted(rows, key=lambda r: r["batch_size"])
         sizes = [r["batch_size"] for r in rows]
-        left.plot(sizes, [r["latency_ms"]["p50"] for r in rows], marker="o", label=label)
-        right.plot(sizes, [r["throughput"] for r in rows], marker="o", label=label)
-    for axis, title, unit in ((left, "latency (p50)", "ms"), (right, "throughput", "images/s")):
+        style = {
+            "marker": "o",
+            "linestyle": PLOT_STYLES.get(backend, "-"),
+            "color": colours(artifacts.index(name) % colours.N),
+            "label": f"{backend} {precision} {name}",
+        }
+        left.plot(sizes, [r["latency_ms"]["p50"] for r in rows], **style)
+        right.plot(sizes, [r["throughput"] for r in rows], **style)
+        shares = [(r["batch_size"], r.get("fraction_of_gemm_rate")) for r in rows if r.get("fraction_of_gemm_rate") is not None]
+        if shares:
+            limit.plot([b for b, _ in shares], [100 * float(f or 0) for _, f in shares], **style)
+    for axis, title, unit in ((left, "latency (p50)", "ms"), (right, "throughput", "images/s"), (limit, "fraction of the measured GEMM rate", "%")):
         axis.set_xscale("log", base=2)
         axis.set_xlabel("batch size")
         axis.set_ylabel(unit)
         axis.set_title(title)
         axis.grid(alpha=0.3)
-    right.legend(fontsize=7)
+    handles, labels = left.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
     fig.suptitle(report["machine"].get("cpu", ""), fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.04 * (1 + len(labels) // 3), 1, 1))
     atomic_write(Path(path), lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return Path(path)

@@ -235,6 +235,7 @@ def verify(
     gates_file: Path | None = None,
     locate: bool = False,
     device: str = "cpu",
+    runtime: str | None = None,
     save_reference: Path | None = None,
     max_reference_mb: float = DEFAULT_MAX_INPUT_MB,
     strict: bool = False,
@@ -335,7 +336,7 @@ def verify(
     pieces: dict[Path, list[np.ndarray]] = {path: [] for path in paths}
     fingerprints: list[str] = []
     with contextlib.ExitStack() as stack:
-        runners = {path: stack.enter_context(open_runner(path, device)) for path in paths}
+        runners = {path: stack.enter_context(open_runner(path, device, runtime=runtime)) for path in paths}
         if paths:
             with step(f"running {', '.join(path.name for path in paths)}") as handle:
                 done = 0

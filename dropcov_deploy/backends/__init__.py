@@ -16,6 +16,7 @@ module loads nothing heavy. Adding a backend is one module plus one row in TARGE
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -137,6 +138,18 @@ TARGETS: dict[str, Target] = {
         modelopt_precisions=(Precision.FP16, Precision.INT8),
     ),
 }
+# OpenVINO runs the CPU target's graphs unchanged (--runtime openvino): the same row but for its
+# name, availability and runner, and no ORT-optimized copy (it cannot load ONNX Runtime's contrib ops)
+TARGETS["openvino"] = dataclasses.replace(
+    TARGETS["onnxruntime"],
+    name="openvino",
+    status="dropcov_deploy.backends.openvino:openvino_status",
+    runner="dropcov_deploy.backends.openvino:open_runner",
+    stage_artifact=None,
+    stage_artifact_key="",
+    stage_artifact_step="",
+    precision_notes={},
+)
 DEFAULT_TARGET = "onnxruntime"
 
 
@@ -152,17 +165,69 @@ def target_by_tag(tag: str) -> Target:
     return next(t for t in TARGETS.values() if t.tag == tag)
 
 
-def runner_target(path: Path) -> Target:
-    """The target whose runner opens this artifact (by its kind)."""
+def runtimes_for(kind: str) -> list[Target]:
+    """The targets whose runners open an artifact of this kind, the default first (ONNX: onnxruntime, openvino)."""
+    return [t for t in TARGETS.values() if t.runs == kind]
+
+
+def runtime_names(kind: str = ONNX) -> tuple[str, ...]:
+    """What --runtime takes."""
+    return tuple(t.name for t in runtimes_for(kind))
+
+
+def choose_runtime(
+    path: Path, kind: str, requested: str | None, recorded: str | None, available: Callable[[Target], tuple[bool, str]]
+) -> tuple[Target, str | None]:
+    """Which runner opens the artifact, and a warning when it is not the one its manifest records.
+
+    `requested` (--runtime) is obeyed or refused in one line; without it the runtime the build
+    chose (`recorded`) is used where it is installed, else the kind's default with a warning:
+    the graph is the same, only its speed differs, so an edge box without OpenVINO still runs it."""
+    runtimes = runtimes_for(kind)
+    if requested is not None:
+        chosen = next((t for t in runtimes if t.name == requested), None)
+        if chosen is None:
+            if requested in TARGETS:
+                raise InputError(f"{path}: --runtime {requested} cannot run a {kind} (use {' or '.join(t.name for t in runtimes)})")
+            raise InputError(f"--runtime {requested!r}: use one of {', '.join(runtime_names())}")
+        return chosen, None
+    default = runtimes[0]
+    preferred = next((t for t in runtimes if t.name == recorded), None)
+    if preferred is None or preferred is default:
+        return default, None
+    ok, reason = available(preferred)
+    if ok:
+        return preferred, None
+    return default, f"its build chose {preferred.name}, which is not available here ({reason}); running it in {default.name} (same graph, other speed)"
+
+
+def recorded_runtime(path: Path) -> str | None:
+    """The runtime a CPU build chose for this artifact (manifest "runtime"), or None."""
+    from dropcov_deploy.manifest import Manifest
+
+    found = Manifest.find(path)
+    entry = found.extra.get("runtime") if found is not None else None
+    name = entry.get("chosen") if isinstance(entry, dict) else entry
+    return name if isinstance(name, str) else None
+
+
+def runner_target(path: Path, runtime: str | None = None) -> tuple[Target, str | None]:
+    """The target whose runner opens this artifact (by its kind, then --runtime or the recorded choice), and a warning."""
     kind = artifact_kind(path)
-    return next(t for t in TARGETS.values() if t.runs == kind)
+    recorded = recorded_runtime(path) if runtime is None and len(runtimes_for(kind)) > 1 else None
+    return choose_runtime(path, kind, runtime, recorded, Target.is_available)
 
 
-def open_runner(path: Path, device: str = "cpu", threads: int | None = None, cuda_graph: bool = False) -> Runner:
-    """The runner for an artifact: ONNX Runtime for .onnx, TensorRT for engines. `cuda_graph`
-    (engines only) replays the timed enqueue from a captured CUDA graph."""
+def open_runner(path: Path, device: str = "cpu", threads: int | None = None, cuda_graph: bool = False, runtime: str | None = None) -> Runner:
+    """The runner for an artifact: ONNX Runtime (or OpenVINO: `runtime`, else the build's recorded
+    choice) for .onnx, TensorRT for engines. `cuda_graph` (engines only) replays the timed enqueue
+    from a captured CUDA graph. A fallback from the recorded runtime is in `runner.warnings`."""
     path = Path(path)
-    return load_hook(runner_target(path).runner)(path, device, threads, cuda_graph=cuda_graph)
+    target, warning = runner_target(path, runtime)
+    runner = load_hook(target.runner)(path, device, threads, cuda_graph=cuda_graph)
+    if warning:
+        runner.warnings = [*(getattr(runner, "warnings", None) or []), warning]
+    return runner
 
 
 def run_batched(runner: Runner, inputs: Any, limits: BatchRange | None, preferred: int) -> Any:

@@ -69,6 +69,9 @@ class PrecisionRequest:
     high_precision: str = "fp16"
     keep_float: tuple[str, ...] = ()  # node names kept in the higher precision (build --keep-float / --exclude-op-types)
     autocast_range_check: bool = True  # False: AutoCast sends every node not named to FP16, whatever its ranges (debugger tests)
+    runtimes: tuple[str, ...] = ()  # CPU target INT8: the runtimes to measure (cpu_choice); empty for TensorRT
+    qdq_form: str = "auto"  # CPU target INT8: a cpu_choice form, or auto (measured)
+    gates: dict[str, dict[str, float]] | None = None  # the INT8 gates a CPU candidate must meet (family overrides applied)
 
 
 # One module per precision, each with `precision_graph(request) -> (ModelProto, manifest record)`.

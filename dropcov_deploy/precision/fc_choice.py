@@ -12,6 +12,7 @@ fastest on this CPU; "smallest": as accurate as the best, then int8 > weight-onl
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -104,18 +105,22 @@ def fc_variant(quantized, source, mode: str, act_amax: float | None = None):
 
 
 # ------------------------------------------------------------------ scoring and choice
-def score(path: Path, calibration, reference: np.ndarray, latency_batch: np.ndarray | None = None) -> dict[str, Any]:
+def score(
+    path: Path, calibration, reference: np.ndarray, latency_batch: np.ndarray | None = None, opener: Callable[[Path], Any] | None = None
+) -> dict[str, Any]:
     """Agreement (and accuracy, when labelled) of a graph with the FP32 logits on the calibration
-    images; with `latency_batch`, also its median CPU latency on it."""
+    images, run by `opener`'s runner (ONNX Runtime on the CPU by default); with `latency_batch`,
+    also its median latency on it."""
     from dropcov_deploy.backends.onnxruntime import OnnxRuntimeRunner
     from dropcov_deploy.metrics import compare
 
-    with OnnxRuntimeRunner(path) as runner:
+    with (opener or OnnxRuntimeRunner)(path) as runner:
         outputs = np.concatenate([runner(batch) for batch in calibration.batches()])
         parity = compare(outputs, reference, calibration.labels)
         result: dict[str, Any] = {k: parity[k] for k in ("top1_agreement", "nonfinite", "cosine_min", "relative_error")}
         if calibration.labels is not None:
             result["accuracy"] = parity["accuracy"]
+            result["accuracy_drop"] = parity["accuracy_drop"]
         if latency_batch is not None:
             for _ in range(LATENCY_WARMUP):
                 runner(latency_batch)

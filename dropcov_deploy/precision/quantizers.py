@@ -57,16 +57,21 @@ def quantize_cpu(
     high_precision: str = "fp32",
     input_name: str = "input",
     keep_float: tuple[str, ...] = (),
+    quantize_stem: bool = False,
+    activations: str = "u8s8",
 ) -> tuple[Any, list[str], dict[str, Any]]:
     """ONNX Runtime QDQ for its CPU kernels: per-channel symmetric INT8 weights, UINT8 activations
     (the U8S8 pair that ONNX Runtime fuses into QLinearConv on x86). The rest stays FP32 whatever
-    `high_precision` says (ONNX Runtime's CPU provider has no fast FP16 kernels)."""
+    `high_precision` says (ONNX Runtime's CPU provider has no fast FP16 kernels). The stem conv
+    stays float unless `quantize_stem` (build's CPU choice derives both forms from that graph);
+    the record's "fp32_nodes" names it either way. `activations` "s8s8": symmetric INT8
+    activations instead (OpenVINO runs them as fast; ONNX Runtime's x86 kernels do not fuse them)."""
     with tempfile.TemporaryDirectory(prefix="dropcov-int8-cpu-") as tmp:
         named, model = _named_copy(onnx_path, Path(tmp))
         pinned, stem = head_graph.covariance_block(model), stem_conv(model)
         out = Path(tmp) / "int8.onnx"
-        exclude = [*pinned, *stem]
-        request = {"named": str(named), "out": str(out), "method": method, "exclude": exclude, "input": input_name}
+        exclude = [*pinned, *([] if quantize_stem else stem)]
+        request = {"named": str(named), "out": str(out), "method": method, "exclude": exclude, "input": input_name, "activations": activations}
         if "modelopt.onnx.quantization" in sys.modules:
             # ModelOpt patches onnxruntime.quantization's calibrators in-process for TensorRT;
             # run ONNX Runtime's own quantizer in a fresh process, where those patches do not exist.
@@ -79,9 +84,9 @@ def quantize_cpu(
                 last = (result.stderr.strip().splitlines() or ["no message"])[-1]
                 raise BackendFailed(f"{onnx_path}: ONNX Runtime quantization failed: {last}")
         else:
-            ort_quantize_static(named, calibration, out, method, exclude, input_name)
+            ort_quantize_static(named, calibration, out, method, exclude, input_name, activations)
         quantized = onnx_io.load(out)
-        unquantize_block_inputs(quantized, pinned)
+        unquantize_block_inputs(quantized, pinned, model)
         # every layer was calibrated; the kept ones lose their Q/DQ here (as the precision debugger's candidates do)
         model = keep_layers_float(quantized, model, keep_float) if keep_float else quantized
         return model, pinned, {"high_precision": "fp32", "fp32_nodes": stem}
@@ -120,7 +125,9 @@ def streaming_histograms() -> Iterator[None]:
         HistogramCalibrater.collect_data = original  # type: ignore[method-assign]
 
 
-def ort_quantize_static(named: Path, calibration: CalibrationSet, out: Path, method: str, exclude: list[str], input_name: str) -> None:
+def ort_quantize_static(
+    named: Path, calibration: CalibrationSet, out: Path, method: str, exclude: list[str], input_name: str, activations: str = "u8s8"
+) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     methods = {"entropy": CalibrationMethod.Entropy, "max": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}
@@ -131,11 +138,11 @@ def ort_quantize_static(named: Path, calibration: CalibrationSet, out: Path, met
             ort_reader(calibration, input_name),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
-            activation_type=QuantType.QUInt8,
+            activation_type=QuantType.QInt8 if activations == "s8s8" else QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             nodes_to_exclude=exclude,
             calibrate_method=methods[method],
-            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+            extra_options={"WeightSymmetric": True, "ActivationSymmetric": activations == "s8s8"},
         )
 
 
@@ -171,7 +178,7 @@ def quantize_tensorrt(
                 log_level="ERROR",
             )
         quantized = onnx_io.load(out)
-        unquantize_block_inputs(quantized, pinned)
+        unquantize_block_inputs(quantized, pinned, model)
         model = keep_layers_float(quantized, model, keep_float) if keep_float else quantized
         if high_precision == "fp16":
             onnx_io.save(model, out)
@@ -179,13 +186,20 @@ def quantize_tensorrt(
         return model, pinned, {"high_precision": high_precision}
 
 
-def unquantize_block_inputs(model, block: list[str]) -> int:
+def unquantize_block_inputs(model, block: list[str], source=None) -> int:
     """Feed the covariance block float values: X -> Q -> DQ -> block becomes X -> block.
 
     Quantizers put a Q/DQ pair on the reduce conv's output, which would make the
     covariance a product of INT8-rounded activations (the rounding error squared).
+    With `source` (the float graph), an activation the quantizer removed before that Q
+    (ONNX Runtime drops a Relu whose uint8 Q clips the negatives) is put back, so the
+    block reads what the float graph computed, not the pre-ReLU values.
     Returns the number of pairs bypassed.
     """
+    from dropcov_deploy.precision.keep_float import _restored_activation
+
+    source_producers = onnx_io.producers(source) if source is not None else {}
+    source_initializers = {t.name: t for t in source.graph.initializer} if source is not None else {}
     made_by = onnx_io.producers(model)
     names = set(block)
     bypassed = 0
@@ -199,7 +213,9 @@ def unquantize_block_inputs(model, block: list[str]) -> int:
             q = made_by.get(dq.input[0])
             if q is None or q.op_type != "QuantizeLinear":
                 continue
-            node.input[position] = q.input[0]
+            node.input[position] = (
+                _restored_activation(model, q.input[0], source_producers, made_by, node.name, source_initializers) if source_producers else q.input[0]
+            )
             bypassed += 1
     onnx_io.drop_dead_nodes(model)
     return bypassed

@@ -1,0 +1,146 @@
+"""The CPU target's INT8: which runtime runs it and which Q/DQ form it takes, chosen by measurement.
+
+The same Q/DQ graph runs at very different speeds in ONNX Runtime and OpenVINO, and the
+fastest form differs between them: ONNX Runtime's x86 kernels fuse only the U8S8 pair
+(uint8 asymmetric activations, int8 weights; an s8s8 graph runs its convs in float there),
+while OpenVINO's oneDNN takes either. The candidates:
+
+- activations `u8s8` or `s8s8` (int8 symmetric), each its own calibration with every layer but
+  the covariance block quantized (ONNX Runtime folds a Relu into a uint8 Q with zero point 0,
+  so the two graphs differ in more than their ranges: one calibration each, not a conversion);
+- the stem conv in INT8 (`-stem`) or kept float (its Q/DQ removed by surgery: on digits its
+  INT8 pre-ReLU output once cost 3 points, `quantizers.stem_conv`);
+- the fc's three treatments (`fc_choice`).
+
+Each form runs in each CPU runtime asked for on the calibration images, in the calibration's
+batches (a runtime whose INT8 results change with the batch size shows it here: OpenVINO
+2026.4 on the u8s8 graph of the seeded resnet50_ACD). Eligible: the INT8 gates hold (nonfinite,
+top-1 agreement, accuracy drop where labelled; the family's overrides) and the top-1 agreement
+is within FC_AGREEMENT_SLACK of the best candidate's; of those, the fastest median at batch 1
+on this machine wins. The manifest records every candidate's numbers. These are selection
+figures, on calibration images: verify reports on other data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dropcov_deploy import onnx_io
+from dropcov_deploy.precision.fc_choice import FC_AGREEMENT_SLACK, FC_MODES, fc_variant, score
+
+ACTIVATIONS = ("u8s8", "s8s8")
+FORMS = ("u8s8", "s8s8", "u8s8-stem", "s8s8-stem")  # "-stem": the stem conv in INT8 too
+FORM_CHOICES = ("auto", *FORMS)
+RUNTIME_CHOICES = ("auto", "onnxruntime", "openvino")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    runtime: str
+    form: str
+    fc: str
+
+
+def parse_form(form: str) -> tuple[str, bool]:
+    """'s8s8-stem' -> ('s8s8', True): the activations and whether the stem conv is INT8."""
+    activations, _, stem = form.partition("-")
+    if activations not in ACTIVATIONS or stem not in ("", "stem"):
+        raise ValueError(form)
+    return activations, stem == "stem"
+
+
+def form_graph(calibrated: dict[str, Any], source, form: str, stem: Sequence[str]):
+    """The graph of `form`: its activations' calibration (every layer but the covariance block in
+    INT8), with the stem conv's Q/DQ removed unless the form keeps it INT8."""
+    from onnx import ModelProto
+
+    from dropcov_deploy.precision.keep_float import keep_layers_float
+
+    activations, stem_int8 = parse_form(form)
+    if not stem_int8 and stem:
+        return keep_layers_float(calibrated[activations], source, tuple(stem))
+    model = ModelProto()
+    model.CopyFrom(calibrated[activations])
+    return model
+
+
+def agreement_slack(samples: int) -> float:
+    """How far below the best agreement a candidate may be and still count as "as accurate":
+    FC_AGREEMENT_SLACK, or one image's worth when the set is smaller than 1 / slack images (on 64
+    images 0.005 would demand equality, and one image is not evidence of a difference)."""
+    return max(FC_AGREEMENT_SLACK, 1.0 / samples) if samples > 0 else FC_AGREEMENT_SLACK
+
+
+def eligible(candidates: list[dict[str, Any]], samples: int = 0) -> list[dict[str, Any]]:
+    """Candidates that pass the gates and are within the slack of the best agreement (all
+    candidates' best); when none passes the gates, those within the slack (the build's check
+    and verify then say how far it is)."""
+    if not candidates:
+        return []
+    best = max(c["top1_agreement"] for c in candidates)
+    slack = agreement_slack(samples) + 1e-12
+    close = [c for c in candidates if c["top1_agreement"] >= best - slack and c["nonfinite"] == 0]
+    passing = [c for c in close if c["gates_passed"]]
+    return passing or close or candidates
+
+
+def choose(candidates: list[dict[str, Any]], samples: int = 0) -> tuple[dict[str, Any], str]:
+    """The fastest eligible candidate (on `samples` calibration images), and why, in one sentence."""
+    pool = eligible(candidates, samples)
+    chosen = min(pool, key=lambda c: c["cpu_latency_ms_batch1"])
+    best = max(c["top1_agreement"] for c in candidates)
+    gated = "meets the int8 gates" if chosen["gates_passed"] else "no candidate met the int8 gates on the calibration images; the closest"
+    why = (
+        f"{chosen['runtime']} {chosen['form']} fc {chosen['fc']}: {gated}, top-1 agreement {chosen['top1_agreement']:.4f} "
+        f"(best {best:.4f}, slack {agreement_slack(samples):.3f}), fastest of {len(pool)} eligible of {len(candidates)} at batch 1 on this CPU "
+        f"({chosen['cpu_latency_ms_batch1']:.2f} ms)"
+    )
+    return chosen, why
+
+
+def measure_candidates(
+    calibrated: dict[str, Any],
+    source,
+    *,
+    stem: Sequence[str],
+    forms: Sequence[str],
+    fcs: Sequence[str],
+    runtimes: dict[str, Callable[[Path], Any]],
+    fc_amax: float,
+    calibration,
+    reference: np.ndarray,
+    gates: dict[str, dict[str, float]],
+    work: Path,
+    progress: Callable[[str], None] = lambda _: None,
+) -> tuple[list[dict[str, Any]], dict[tuple[str, str], Any]]:
+    """Every (runtime, form, fc) scored on the calibration images and timed at batch 1; the graphs by (form, fc)."""
+    from dropcov_deploy import gates as gate_rules
+
+    rows: list[dict[str, Any]] = []
+    graphs: dict[tuple[str, str], Any] = {}
+    for form in forms:
+        base = form_graph(calibrated, source, form, stem)
+        for fc in fcs:
+            graph = fc_variant(base, source, fc, fc_amax)
+            path = work / f"cpu-{form}-fc-{fc}.onnx"
+            onnx_io.save(graph, path)
+            graphs[(form, fc)] = graph
+            for runtime, opener in runtimes.items():
+                progress(f"{runtime} {form} fc {fc}")
+                measured = score(path, calibration, reference, calibration.data[:1], opener=opener)
+                verdict = gate_rules.evaluate(measured, gates)
+                rows.append({"runtime": runtime, "form": form, "fc": fc, **measured, "gates_passed": all(g["passed"] is not False for g in verdict.values())})
+            path.unlink(missing_ok=True)
+    return rows, graphs
+
+
+def fc_record(rows: list[dict[str, Any]], chosen: dict[str, Any], why: str) -> dict[str, Any]:
+    """The manifest's "fc" entry as before (chosen, why, the treatments' scores), for the chosen runtime and form."""
+    keys = ("top1_agreement", "nonfinite", "cosine_min", "relative_error", "accuracy", "cpu_latency_ms_batch1")
+    same = {r["fc"]: {k: r[k] for k in keys if k in r} for r in rows if r["runtime"] == chosen["runtime"] and r["form"] == chosen["form"]}
+    return {"chosen": chosen["fc"], "why": why, "candidates": {mode: same[mode] for mode in FC_MODES if mode in same}}
