@@ -542,6 +542,8 @@ def bench(
     specs = {path: manifests[path].require_input(path) for path in paths}
     shapes = {spec.image_shape for spec in specs.values()}
     warnings: list[str] = []
+    if runtimes and any(artifact_kind(path) != ONNX for path in paths):
+        warnings.append("--runtime applies to ONNX models; TensorRT engines run in TensorRT whatever it says")
     if cuda_graph and not any(artifact_kind(path) == TENSORRT_ENGINE for path in paths):
         warnings.append("--cuda-graph applies to TensorRT engines only and none was given: it changed nothing")
     subjects: list[_Subject] = []
@@ -769,12 +771,18 @@ def _roofline(
         except Exception as exc:  # a graph ONNX Runtime cannot run with its intermediates exposed: no roofline for it, and why
             counts[str(path)] = None
             warnings.append(f"{path.name}: its multiply-accumulates could not be counted ({first_line(exc)})")
-    known = [c for c in counts.values() if c is not None]
-    float_model = roofline.MacCount(int8=0, float=max(c.total for c in known)) if known else None
+    # the PyTorch rows: the model's MACs, all float, from the first FP32 ONNX given (else the first ONNX)
+    fp32 = [c for path, c in counts.items() if c is not None and c.int8 == 0]
+    known = fp32 or [c for c in counts.values() if c is not None]
+    float_model = roofline.MacCount(int8=0, float=known[0].total) if known else None
     rates, rates_problem = None, None
     if device == "cpu":
         progress("measuring this machine's GEMM rate (once per machine, then cached)")
-        rates = roofline.cpu_rates(threads, cache_dir)
+        try:
+            rates = roofline.cpu_rates(threads, cache_dir)
+        except Exception as exc:  # a runtime that fails on a plain MatMul: the timings stand, the fraction is unknown
+            rates_problem = f"the GEMM rate could not be measured ({first_line(exc)}); fractions are null"
+            warnings.append(rates_problem)
     else:
         rates_problem = "the GEMM rate is measured on the CPU only; --device cuda rows report MACs and GOP/s without a fraction"
     for result in results:
@@ -784,12 +792,18 @@ def _roofline(
         result.macs, result.macs_int8 = macs.total * result.batch_size, macs.int8 * result.batch_size
         result.achieved_gops = roofline.achieved_gops(macs, result.batch_size, _p50(result.latency_ms))
         result.fraction_of_gemm_rate = roofline.fraction(macs, result.batch_size, _p50(result.latency_ms), rates)
+    over = sorted({f"{Path(r.artifact).name} ({r.backend})" for r in results if (r.fraction_of_gemm_rate or 0) > 1.05})
+    if over:
+        warnings.append(
+            f"above 100% of the measured GEMM rate: {', '.join(over)}; the rate (cached, measured once) is below what these layers reach here: "
+            f"delete {roofline.RATES_FILE} in the cache folder to measure it again on an idle machine"
+        )
     return {
         "gemm_rates_gops": roofline.rates_dict(rates),
         "unavailable": rates_problem,
         "macs_per_image": {path: None if count is None else {"int8": count.int8, "float": count.float} for path, count in counts.items()},
         "rule": (
             "fraction_of_gemm_rate = (INT8 MACs / the INT8 GEMM rate + float MACs / the FP32 GEMM rate) / end-to-end p50; "
-            "GOP/s counts 2 ops per multiply-accumulate; PyTorch rows use the FP32 graph's MACs"
+            "GOP/s counts 2 ops per multiply-accumulate; PyTorch rows use the MACs of the first FP32 ONNX given (else the first ONNX): give the checkpoint's own export"
         ),
     }

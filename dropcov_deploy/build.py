@@ -35,6 +35,7 @@ from dropcov_deploy.manifest import ONNX, Manifest, library_versions, now_utc, s
 from dropcov_deploy.precision import Precision, PrecisionRequest, graph_builder
 from dropcov_deploy.precision.cpu_choice import FORM_CHOICES
 from dropcov_deploy.precision.fc_choice import FC_CHOICES
+from dropcov_deploy.roofline import runtime_versions
 from dropcov_deploy.steps import StepReporter, quiet_step
 
 CACHE_VERSION = "4"  # 2: entries carry their ONNX hash (build_cache); 3: --keep-float by surgery on the calibrated graph; 4: CPU runtime and Q/DQ form chosen
@@ -239,6 +240,7 @@ def _cache_key(
         ",".join(kept),
         ",".join(runtimes),
         options.qdq_form,
+        *(f"{name}={version}" for name, version in sorted(runtime_versions().items()) if name in runtimes),  # the choice is by speed in these
         "" if options.autocast_range_check else "no-range-check",
     ]
     return hashlib.sha256("|".join(fields).encode()).hexdigest()[:32]
@@ -273,13 +275,14 @@ def _check_precision_graph(
 def _runtime_why(record: dict[str, Any], options: BuildOptions, runtimes: tuple[str, ...], precision: Precision) -> str:
     """Why the artifact is for the runtime the manifest names, in one sentence."""
     choice = record.get("cpu_choice")
+    measured = f"; {choice.get('why')}" if isinstance(choice, dict) else ""  # the form and fc chosen within it
     if isinstance(choice, dict) and len(runtimes) > 1:
         return str(choice.get("why"))
     if options.runtime != "auto" or options.backend != DEFAULT_TARGET:
-        return f"--runtime {runtimes[0]}" if options.runtime != "auto" else f"--backend {runtimes[0]}"
+        return (f"--runtime {runtimes[0]}" if options.runtime != "auto" else f"--backend {runtimes[0]}") + measured
     if precision is not Precision.INT8:
         return f"{precision} builds are not measured across runtimes: {runtimes[0]}, the default"
-    return f"the only CPU runtime installed here ({runtimes[0]})"
+    return f"the only CPU runtime installed here ({runtimes[0]}){measured}"
 
 
 def _stderr(message: str) -> None:
@@ -302,6 +305,8 @@ def build(model: str | Path, options: BuildOptions, step: StepReporter = quiet_s
         return _engine_only(model, source, options, step, log)
     precision, target = _validate(options)
     runtimes = cpu_runtimes(options, target, precision)
+    if runtimes == ("onnxruntime",) and options.qdq_form.startswith("s8s8"):
+        log("note: ONNX Runtime's x86 kernels fuse only u8s8 Q/DQ: an s8s8 graph runs its convolutions in float there (slower than u8s8)")
     if precision in target.precision_notes:
         log(f"note: {target.precision_notes[precision]}")
     if precision in target.modelopt_precisions:
@@ -383,13 +388,15 @@ def build(model: str | Path, options: BuildOptions, step: StepReporter = quiet_s
             )
             proto, record = graph_builder(precision)(request)
             shutil.rmtree(work)
-            onnx_io.set_metadata(proto, manifest.metadata_props())
-            onnx_io.save(proto, staged_onnx)
-        # the CPU target's artifact is for the runtime its INT8 choice measured fastest, or the one asked for
+        # the CPU target's artifact is for the runtime its INT8 choice measured fastest, or the one asked for;
+        # recorded in the sidecar and in the ONNX's own metadata, so a device holding only the .onnx runs it there too
         target = TARGETS[record.get("runtime") or (runtimes[0] if runtimes else target.name)]
         if runtimes:
             manifest.extra["runtime"] = {"chosen": target.name, "why": _runtime_why(record, options, runtimes, precision)}
             manifest.extra["versions"] = library_versions("onnx", "onnxruntime", *(["openvino"] if target.name == "openvino" else []))
+        if hit is None:
+            onnx_io.set_metadata(proto, manifest.metadata_props())
+            onnx_io.save(proto, staged_onnx)
         with step(f"checking the precision graph (onnx.checker, {target.name})"):
             onnx_io.check(staged_onnx)
             if calibration is not None:

@@ -405,6 +405,9 @@ def bench_command(
     baseline: str = typer.Option(
         "eager", "--baseline", help="With --checkpoint: PyTorch eager, torch.compile (inductor, compiled before timing) or both as the baseline."
     ),
+    roofline: bool = typer.Option(
+        True, "--roofline/--no-roofline", help="Count each model's MACs and compare each row with this machine's measured GEMM rate (cached per machine)."
+    ),
     report: Optional[Path] = typer.Option(None, "--report", help="Write the JSON report here."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of latency, throughput and the fraction of the GEMM rate against batch size."),
     json_out: bool = typer.Option(False, "--json", help="Print the JSON report instead of a table."),
@@ -441,6 +444,7 @@ def bench_command(
             dataset=dataset,
             runtimes=[name.strip() for name in runtime.split(",") if name.strip()] if runtime else None,
             baseline=baseline,
+            roofline=roofline,
             # a spinner on a terminal; piped (CI logs), a line per measurement instead of minutes of silence
             progress=(lambda text: status.update(f"benchmarking {text} ..."))
             if err.is_terminal
@@ -467,9 +471,20 @@ def predict_command(
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Top-5 classes per image; the edge runtime path (no torch)."""
+    from rich.markup import escape
+
+    from dropcov_deploy.console import err
     from dropcov_deploy.predict import predict
 
-    results = predict(artifact, list(images), top_k=top_k, device=device, batch_size=batch_size, runtime=runtime)
+    results = predict(
+        artifact,
+        list(images),
+        top_k=top_k,
+        device=device,
+        batch_size=batch_size,
+        runtime=runtime,
+        warn=lambda text: err.print(f"[yellow]warning:[/] {escape(text)}", highlight=False),
+    )
     if json_out:
         _print_json(results)
         return

@@ -259,10 +259,12 @@ def debug_precision(model: str | Path, options: DebugOptions, step: StepReporter
         raise InputError("--precision fp32 has nothing to debug; use fp16 or int8")
     if options.target not in TARGET_BACKENDS:
         raise InputError(f"--target {options.target!r}: use cpu or tensorrt")
-    from dropcov_deploy.backends import TARGETS, runtime_names
+    from dropcov_deploy.backends import DEFAULT_TARGET, TARGETS, runtime_names
 
     if options.runtime not in runtime_names():
         raise InputError(f"--runtime {options.runtime!r}: use {' or '.join(runtime_names())}")
+    if options.target != "cpu" and options.runtime != DEFAULT_TARGET:
+        raise InputError(f"--runtime {options.runtime} judges CPU-target graphs; --target {options.target} candidates run in {DEFAULT_TARGET} here")
     available, reason = TARGETS[options.runtime].is_available()
     if not available:
         from dropcov_deploy.errors import BackendUnavailable

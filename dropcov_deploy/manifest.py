@@ -27,7 +27,7 @@ from dropcov_deploy.precision import Precision
 MANIFEST_FORMAT = "dropcov-deploy/manifest/1"
 METADATA_PREFIX = "dropcov."
 # Fields copied into the ONNX metadata_props (values JSON-encoded).
-METADATA_FIELDS = ("arch", "dim", "num_classes", "class_names", "precision", "input", "output", "preprocessing", "opset", "source", "versions")
+METADATA_FIELDS = ("arch", "dim", "num_classes", "class_names", "precision", "input", "output", "preprocessing", "opset", "source", "versions", "runtime")
 
 # Artifact kinds, as manifests record them, and the file suffixes that say which a file is.
 ONNX = "onnx"

@@ -7,6 +7,7 @@ TensorRT only), so it runs on a board that has only the runtime installed.
 from __future__ import annotations
 
 import glob
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,13 @@ def image_paths(images: list[str | Path]) -> list[Path]:
 
 
 def predict(
-    artifact: str | Path, images: list[str | Path], top_k: int = 5, device: str = "cpu", batch_size: int = DEFAULT_BATCH, runtime: str | None = None
+    artifact: str | Path,
+    images: list[str | Path],
+    top_k: int = 5,
+    device: str = "cpu",
+    batch_size: int = DEFAULT_BATCH,
+    runtime: str | None = None,
+    warn: Callable[[str], Any] = lambda _: None,
 ) -> list[dict[str, Any]]:
     """Top-k classes (names from the manifest) for each image; folders and globs expanded, the
     images decoded and run `batch_size` at a time."""
@@ -77,6 +84,8 @@ def predict(
     paths = image_paths(images)
     pieces = []
     with open_runner(artifact, device, runtime=runtime) as runner:
+        for warning in getattr(runner, "warnings", None) or []:  # e.g. the build's runtime is not installed here
+            warn(f"{artifact}: {warning}")
         for start in range(0, len(paths), batch_size):
             batch = np.stack([preprocess(load_image(p), prep) for p in paths[start : start + batch_size]]).astype(np.float32)
             pieces.append(run_batched(runner, batch, manifest.batch, batch_size))

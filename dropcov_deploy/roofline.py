@@ -41,13 +41,17 @@ COMPUTE_OPS = {
     "NhwcFusedConv",
     "Gemm",
     "FusedGemm",
+    "QGemm",
     "MatMul",
     "MatMulInteger",
     "QLinearMatMul",
     "FusedMatMul",
+    "MatMulIntegerToFloat",
+    "DynamicQuantizeMatMul",
 }
-INTEGER_OPS = {"ConvInteger", "QLinearConv", "MatMulInteger", "QLinearMatMul"}
-WEIGHT_INPUT = {"QLinearConv": 3, "QLinearMatMul": 3}  # where the second operand is (else input 1)
+INTEGER_OPS = {"ConvInteger", "QLinearConv", "MatMulInteger", "QLinearMatMul", "QGemm", "MatMulIntegerToFloat", "DynamicQuantizeMatMul"}
+WEIGHT_INPUT = {"QLinearConv": 3, "QLinearMatMul": 3, "QGemm": 3}  # where the second operand is (else input 1)
+TRANSPOSING_OPS = {"Gemm", "FusedGemm", "QGemm", "FusedMatMul"}  # a transA attribute puts the reduction on the first operand's axis -2
 
 
 @dataclass
@@ -116,9 +120,9 @@ def count_macs(path: Path) -> MacCount:
     count = MacCount(0, 0)
     for node in compute:
         inputs = [shapes.get(name) for name in node.input]
-        if node.op_type in ("Gemm", "FusedGemm") and inputs and inputs[0]:
+        if node.op_type in TRANSPOSING_OPS and inputs and inputs[0]:
             trans_a = next((a.i for a in node.attribute if a.name == "transA"), 0)
-            inputs[0] = tuple(reversed(inputs[0])) if trans_a else inputs[0]
+            inputs[0] = (*inputs[0][:-2], inputs[0][-1], inputs[0][-2]) if trans_a and len(inputs[0]) >= 2 else inputs[0]
         macs = node_macs(node.op_type, inputs, shapes.get(node.output[0]), WEIGHT_INPUT.get(node.op_type, 1)) // batch
         if _is_int8(node, made_by):
             count.int8 += macs
@@ -155,16 +159,16 @@ def achieved_gops(macs: MacCount, batch_size: int, latency_ms: float | None) -> 
 
 def machine_key(threads: int | None, versions: dict[str, str]) -> str:
     """What the rate depends on: the CPU (model name and flags), the cores, threads and runtime versions."""
-    cpu, flags = platform.processor(), ""
+    cpu, flags = "", ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and not cpu.strip():
+            if line.startswith("model name") and not cpu:
                 cpu = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
+            if line.startswith("flags") and not flags:
                 flags = line.split(":", 1)[1]
-                break
     except OSError:
         pass
+    cpu = cpu or platform.processor() or platform.machine()  # /proc/cpuinfo names the model; platform often only "x86_64"
     text = f"{cpu}|{hashlib.sha256(flags.encode()).hexdigest()[:12]}|{os.cpu_count()}|{threads}|gemm {GEMM_SIZES}|" + "|".join(
         f"{k}={v}" for k, v in sorted(versions.items())
     )
@@ -271,7 +275,10 @@ def measure_cpu_rates(
 
 
 def _measure_size(threads: int | None, runtimes: tuple[str, ...], size: int) -> dict[str, dict[str, float | None]]:
-    """GOP/s of one size^3 GEMM, FP32 and INT8, per CPU runtime that imports here."""
+    """GOP/s of one size^3 GEMM, FP32 and INT8, per CPU runtime that is usable here; a runtime that
+    fails on a plain MatMul gets None rates, not an exception (the timings do not depend on it)."""
+    from dropcov_deploy.backends.openvino import compile_options, openvino_status
+
     fp32, integer, qdq = _matmul_graphs(size)
     ops = 2.0 * size**3
     rng = np.random.default_rng(1)
@@ -286,24 +293,24 @@ def _measure_size(threads: int | None, runtimes: tuple[str, ...], size: int) -> 
             options.intra_op_num_threads = threads
         rates: dict[str, float | None] = {}
         for label, graph, feed in (("fp32", fp32, x_float), ("int8", integer, x_u8)):
-            session = ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
-            rates[label] = ops / _best_seconds(_ort_call(session, feed)) / 1e9
+            try:
+                session = ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
+                rates[label] = ops / _best_seconds(_ort_call(session, feed)) / 1e9
+            except Exception:  # ORT raises its own types; no rate from this runtime for this precision
+                rates[label] = None
         found["onnxruntime"] = rates
-    if "openvino" in runtimes:
-        try:
-            import openvino as ov
-        except ImportError:
-            pass
-        else:
-            from dropcov_deploy.backends.openvino import compile_options
+    if "openvino" in runtimes and openvino_status()[0]:  # a broken install is skipped, as the runner would refuse it
+        import openvino as ov
 
-            core = ov.Core()
-            rates = {}
-            for label, graph in (("fp32", fp32), ("int8", qdq)):
+        core = ov.Core()
+        rates = {}
+        for label, graph in (("fp32", fp32), ("int8", qdq)):
+            try:
                 compiled = core.compile_model(core.read_model(graph.SerializeToString(), b""), "CPU", compile_options(threads))
-                request = compiled.create_infer_request()
-                rates[label] = ops / _best_seconds(_ov_call(request, x_float)) / 1e9
-            found["openvino"] = rates
+                rates[label] = ops / _best_seconds(_ov_call(compiled.create_infer_request(), x_float)) / 1e9
+            except Exception:  # OpenVINO raises RuntimeError and its own types
+                rates[label] = None
+        found["openvino"] = rates
     return found
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from dropcov_deploy import gates as gate_rules
 from dropcov_deploy import head_graph, onnx_io
 from dropcov_deploy.atomic import spare_inputs
-from dropcov_deploy.backends import open_runner, run_batched
+from dropcov_deploy.backends import check_runtime, open_runner, run_batched
 from dropcov_deploy.data.images import InputSet
 from dropcov_deploy.errors import InputError
 from dropcov_deploy.manifest import ONNX, TENSORRT_ENGINE, Manifest, artifact_kind, library_versions, sha256_file
@@ -283,6 +283,7 @@ def verify(
             raise InputError(f"{path}: no such file")
         artifact_kind(path)
     manifests_by_path = {path: Manifest.read(path) for path in paths}
+    check_runtime(paths, runtime, device)  # a bad or missing --runtime fails before PyTorch runs
 
     if checkpoint is not None:
         ref = torch_reference(

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from dropcov_deploy.errors import InputError
+from dropcov_deploy.errors import BackendUnavailable, InputError
 from dropcov_deploy.manifest import ONNX, TENSORRT_ENGINE, BatchRange, artifact_kind
 from dropcov_deploy.precision import Precision
 
@@ -176,13 +176,19 @@ def runtime_names(kind: str = ONNX) -> tuple[str, ...]:
 
 
 def choose_runtime(
-    path: Path, kind: str, requested: str | None, recorded: str | None, available: Callable[[Target], tuple[bool, str]]
+    path: Path,
+    kind: str,
+    requested: str | None,
+    recorded: str | None,
+    available: Callable[[Target], tuple[bool, str]],
+    device: str = "cpu",
 ) -> tuple[Target, str | None]:
     """Which runner opens the artifact, and a warning when it is not the one its manifest records.
 
     `requested` (--runtime) is obeyed or refused in one line; without it the runtime the build
     chose (`recorded`) is used where it is installed, else the kind's default with a warning:
-    the graph is the same, only its speed differs, so an edge box without OpenVINO still runs it."""
+    the graph is the same, only its speed differs, so an edge box without OpenVINO still runs it.
+    The build's choice is a CPU choice: on another --device the kind's default runs it."""
     runtimes = runtimes_for(kind)
     if requested is not None:
         chosen = next((t for t in runtimes if t.name == requested), None)
@@ -193,7 +199,7 @@ def choose_runtime(
         return chosen, None
     default = runtimes[0]
     preferred = next((t for t in runtimes if t.name == recorded), None)
-    if preferred is None or preferred is default:
+    if preferred is None or preferred is default or device != "cpu":
         return default, None
     ok, reason = available(preferred)
     if ok:
@@ -211,11 +217,23 @@ def recorded_runtime(path: Path) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def runner_target(path: Path, runtime: str | None = None) -> tuple[Target, str | None]:
+def runner_target(path: Path, runtime: str | None = None, device: str = "cpu") -> tuple[Target, str | None]:
     """The target whose runner opens this artifact (by its kind, then --runtime or the recorded choice), and a warning."""
     kind = artifact_kind(path)
     recorded = recorded_runtime(path) if runtime is None and len(runtimes_for(kind)) > 1 else None
-    return choose_runtime(path, kind, runtime, recorded, Target.is_available)
+    return choose_runtime(path, kind, runtime, recorded, Target.is_available, device)
+
+
+def check_runtime(paths: list[Path], runtime: str | None, device: str = "cpu") -> None:
+    """--runtime checked for every artifact before any slow work: a typo, a runtime that cannot
+    open a kind (OpenVINO and an engine), or one not installed is one line now, not after PyTorch ran."""
+    if runtime is None:
+        return
+    for path in paths:
+        target, _ = runner_target(Path(path), runtime, device)
+        available, reason = target.is_available()
+        if not available:
+            raise BackendUnavailable(f"--runtime {runtime}: {reason}")
 
 
 def open_runner(path: Path, device: str = "cpu", threads: int | None = None, cuda_graph: bool = False, runtime: str | None = None) -> Runner:
@@ -223,7 +241,7 @@ def open_runner(path: Path, device: str = "cpu", threads: int | None = None, cud
     choice) for .onnx, TensorRT for engines. `cuda_graph` (engines only) replays the timed enqueue
     from a captured CUDA graph. A fallback from the recorded runtime is in `runner.warnings`."""
     path = Path(path)
-    target, warning = runner_target(path, runtime)
+    target, warning = runner_target(path, runtime, device)
     runner = load_hook(target.runner)(path, device, threads, cuda_graph=cuda_graph)
     if warning:
         runner.warnings = [*(getattr(runner, "warnings", None) or []), warning]

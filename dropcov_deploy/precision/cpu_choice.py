@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from dropcov_deploy import onnx_io
+from dropcov_deploy.errors import InputError
 from dropcov_deploy.precision.fc_choice import FC_AGREEMENT_SLACK, FC_MODES, fc_variant, score
 
 ACTIVATIONS = ("u8s8", "s8s8")
@@ -76,24 +77,33 @@ def agreement_slack(samples: int) -> float:
     return max(FC_AGREEMENT_SLACK, 1.0 / samples) if samples > 0 else FC_AGREEMENT_SLACK
 
 
+def _usable(candidate: dict[str, Any]) -> bool:
+    """Ran, and gave finite outputs on every calibration image."""
+    return not candidate.get("failed") and candidate.get("nonfinite") == 0
+
+
 def eligible(candidates: list[dict[str, Any]], samples: int = 0) -> list[dict[str, Any]]:
-    """Candidates that pass the gates and are within the slack of the best agreement (all
-    candidates' best); when none passes the gates, those within the slack (the build's check
-    and verify then say how far it is)."""
-    if not candidates:
+    """The pool the fastest is taken from: among the candidates that ran with finite outputs,
+    those that pass the gates (else all of them), within the slack of that pool's best top-1
+    agreement. A failing or non-finite candidate never sets the bar for a passing one."""
+    usable = [c for c in candidates if _usable(c)]
+    pool = [c for c in usable if c["gates_passed"]] or usable
+    if not pool:
         return []
-    best = max(c["top1_agreement"] for c in candidates)
+    best = max(c["top1_agreement"] for c in pool)
     slack = agreement_slack(samples) + 1e-12
-    close = [c for c in candidates if c["top1_agreement"] >= best - slack and c["nonfinite"] == 0]
-    passing = [c for c in close if c["gates_passed"]]
-    return passing or close or candidates
+    return [c for c in pool if c["top1_agreement"] >= best - slack]
 
 
 def choose(candidates: list[dict[str, Any]], samples: int = 0) -> tuple[dict[str, Any], str]:
-    """The fastest eligible candidate (on `samples` calibration images), and why, in one sentence."""
+    """The fastest eligible candidate (on `samples` calibration images), and why, in one sentence;
+    an InputError when no candidate ran with finite outputs."""
     pool = eligible(candidates, samples)
+    if not pool:
+        reasons = "; ".join(f"{c['runtime']} {c['form']} fc {c['fc']}: {c.get('failed') or 'non-finite outputs'}" for c in candidates[:4])
+        raise InputError(f"no INT8 candidate ran with finite outputs on the calibration images ({reasons})")
     chosen = min(pool, key=lambda c: c["cpu_latency_ms_batch1"])
-    best = max(c["top1_agreement"] for c in candidates)
+    best = max(c["top1_agreement"] for c in pool)
     gated = "meets the int8 gates" if chosen["gates_passed"] else "no candidate met the int8 gates on the calibration images; the closest"
     why = (
         f"{chosen['runtime']} {chosen['form']} fc {chosen['fc']}: {gated}, top-1 agreement {chosen['top1_agreement']:.4f} "
@@ -132,7 +142,14 @@ def measure_candidates(
             graphs[(form, fc)] = graph
             for runtime, opener in runtimes.items():
                 progress(f"{runtime} {form} fc {fc}")
-                measured = score(path, calibration, reference, calibration.data[:1], opener=opener)
+                try:
+                    measured = score(path, calibration, reference, calibration.data[:1], opener=opener)
+                except Exception as exc:  # one runtime that cannot load or run one candidate: recorded, the others go on
+                    from dropcov_deploy.errors import first_line
+
+                    reason = first_line(exc).replace(f"{path}: ", "")
+                    rows.append({"runtime": runtime, "form": form, "fc": fc, "failed": reason, "gates_passed": False, "nonfinite": None})
+                    continue
                 verdict = gate_rules.evaluate(measured, gates)
                 rows.append({"runtime": runtime, "form": form, "fc": fc, **measured, "gates_passed": all(g["passed"] is not False for g in verdict.values())})
             path.unlink(missing_ok=True)
@@ -141,6 +158,6 @@ def measure_candidates(
 
 def fc_record(rows: list[dict[str, Any]], chosen: dict[str, Any], why: str) -> dict[str, Any]:
     """The manifest's "fc" entry as before (chosen, why, the treatments' scores), for the chosen runtime and form."""
-    keys = ("top1_agreement", "nonfinite", "cosine_min", "relative_error", "accuracy", "cpu_latency_ms_batch1")
+    keys = ("top1_agreement", "nonfinite", "cosine_min", "relative_error", "accuracy", "cpu_latency_ms_batch1", "failed")
     same = {r["fc"]: {k: r[k] for k in keys if k in r} for r in rows if r["runtime"] == chosen["runtime"] and r["form"] == chosen["form"]}
     return {"chosen": chosen["fc"], "why": why, "candidates": {mode: same[mode] for mode in FC_MODES if mode in same}}
