@@ -172,7 +172,9 @@ def test_locate_traces_every_layer_and_names_the_damaged_block(hostile_int8, cal
     FP32 graph, the worst one in the damaged block, by module path."""
     checkpoint, fp32 = hostile_int8
     plain = tmp_path / "plain.int8.cpu.onnx"
-    assert run_cli("build", fp32, "--precision", "int8", "--calib", calibration_dir, "--out", plain).returncode == 0
+    # the form with the stem float, fixed (the measured choice may take an INT8 stem)
+    built = run_cli("build", fp32, "--precision", "int8", "--calib", calibration_dir, "--out", plain, "--runtime", "onnxruntime", "--qdq-form", "u8s8")
+    assert built.returncode == 0, built.stderr
     report = tmp_path / "v.json"
     result = run_cli("verify", "-c", checkpoint, fp32, plain, "--dataset", "digits:val", "--locate", "--report", report)
     assert result.returncode == 1
