@@ -578,7 +578,7 @@ def bench(
             for runtime in chosen:
                 problem = None
                 try:
-                    runner = runners.enter_context(open_runner(path, device, threads, cuda_graph=graph, runtime=runtime))
+                    runner = runners.enter_context(open_runner(path, device, threads, cuda_graph=graph, runtime=runtime, manifest=manifests[path]))
                 except BackendUnavailable as exc:  # the ONNX Runtime runner refuses a CPU fallback on --device cuda
                     if not on_gpu and len(chosen) < 2:
                         raise

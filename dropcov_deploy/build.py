@@ -23,7 +23,7 @@ from typing import Any
 
 from dropcov_deploy import __version__, onnx_io
 from dropcov_deploy.atomic import check_writable, spare_inputs, staged
-from dropcov_deploy.backends import DEFAULT_TARGET, TARGETS, Target, get_target, load_hook, runtime_names
+from dropcov_deploy.backends import DEFAULT_TARGET, TARGETS, Target, cpu_opener, get_target, load_hook, runtime_names
 from dropcov_deploy.backends.onnxruntime import ort_optimized_path_for
 from dropcov_deploy.build_cache import PrecisionCache
 from dropcov_deploy.cache_paths import default_cache_dir
@@ -254,11 +254,7 @@ def _check_precision_graph(
     from dropcov_deploy.precision.fc_choice import score
     from dropcov_deploy.precision.numerics import CHECK_IMAGES, sensitive_op_report
 
-    opener = None
-    if runner_target.runs == ONNX:
-        hook = load_hook(runner_target.runner)
-        opener = lambda path: hook(path, "cpu", None)  # noqa: E731
-    check = score(staged_onnx, calibration, reference.logits, opener=opener)
+    check = score(staged_onnx, calibration, reference.logits, opener=cpu_opener(runner_target) if runner_target.runs == ONNX else None)
     if calibration.labels is not None:
         check["reference_accuracy"] = float((reference.logits.argmax(1) == calibration.labels).mean())
     record["check"] = check

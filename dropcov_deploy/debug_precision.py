@@ -147,11 +147,11 @@ class Judge:
             return self.seen[kept]
         if self.left <= 0:
             raise BudgetSpent
-        from dropcov_deploy.backends import TARGETS, load_hook, run_batched
+        from dropcov_deploy.backends import TARGETS, cpu_opener, run_batched
 
         path = self.work / f"candidate_{len(self.seen)}.onnx"
         onnx_io.save(self.derive(kept), path)
-        runner = load_hook(TARGETS[self.runtime].runner)(path, "cpu", None)
+        runner = cpu_opener(TARGETS[self.runtime])(path)
         try:
             outputs = run_batched(runner, self.inputs, self.accepts, self.batch_size)
         finally:

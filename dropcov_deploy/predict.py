@@ -83,7 +83,7 @@ def predict(
     names = manifest.class_names
     paths = image_paths(images)
     pieces = []
-    with open_runner(artifact, device, runtime=runtime) as runner:
+    with open_runner(artifact, device, runtime=runtime, manifest=manifest) as runner:
         for warning in getattr(runner, "warnings", None) or []:  # e.g. the build's runtime is not installed here
             warn(f"{artifact}: {warning}")
         for start in range(0, len(paths), batch_size):

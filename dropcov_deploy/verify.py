@@ -337,7 +337,7 @@ def verify(
     pieces: dict[Path, list[np.ndarray]] = {path: [] for path in paths}
     fingerprints: list[str] = []
     with contextlib.ExitStack() as stack:
-        runners = {path: stack.enter_context(open_runner(path, device, runtime=runtime)) for path in paths}
+        runners = {path: stack.enter_context(open_runner(path, device, runtime=runtime, manifest=manifests_by_path[path])) for path in paths}
         if paths:
             with step(f"running {', '.join(path.name for path in paths)}") as handle:
                 done = 0

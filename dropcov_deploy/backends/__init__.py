@@ -207,20 +207,21 @@ def choose_runtime(
     return default, f"its build chose {preferred.name}, which is not available here ({reason}); running it in {default.name} (same graph, other speed)"
 
 
-def recorded_runtime(path: Path) -> str | None:
-    """The runtime a CPU build chose for this artifact (manifest "runtime"), or None."""
+def recorded_runtime(path: Path, manifest: Any = None) -> str | None:
+    """The runtime a CPU build chose for this artifact (manifest "runtime"), or None; `manifest`
+    when the caller has read it already (reading one without a sidecar loads the whole ONNX)."""
     from dropcov_deploy.manifest import Manifest
 
-    found = Manifest.find(path)
+    found = manifest if manifest is not None else Manifest.find(path)
     entry = found.extra.get("runtime") if found is not None else None
     name = entry.get("chosen") if isinstance(entry, dict) else entry
     return name if isinstance(name, str) else None
 
 
-def runner_target(path: Path, runtime: str | None = None, device: str = "cpu") -> tuple[Target, str | None]:
+def runner_target(path: Path, runtime: str | None = None, device: str = "cpu", manifest: Any = None) -> tuple[Target, str | None]:
     """The target whose runner opens this artifact (by its kind, then --runtime or the recorded choice), and a warning."""
     kind = artifact_kind(path)
-    recorded = recorded_runtime(path) if runtime is None and len(runtimes_for(kind)) > 1 else None
+    recorded = recorded_runtime(path, manifest) if runtime is None and len(runtimes_for(kind)) > 1 else None
     return choose_runtime(path, kind, runtime, recorded, Target.is_available, device)
 
 
@@ -236,16 +237,26 @@ def check_runtime(paths: list[Path], runtime: str | None, device: str = "cpu") -
             raise BackendUnavailable(f"--runtime {runtime}: {reason}")
 
 
-def open_runner(path: Path, device: str = "cpu", threads: int | None = None, cuda_graph: bool = False, runtime: str | None = None) -> Runner:
+def open_runner(
+    path: Path, device: str = "cpu", threads: int | None = None, cuda_graph: bool = False, runtime: str | None = None, manifest: Any = None
+) -> Runner:
     """The runner for an artifact: ONNX Runtime (or OpenVINO: `runtime`, else the build's recorded
     choice) for .onnx, TensorRT for engines. `cuda_graph` (engines only) replays the timed enqueue
-    from a captured CUDA graph. A fallback from the recorded runtime is in `runner.warnings`."""
+    from a captured CUDA graph. A fallback from the recorded runtime is in `runner.warnings`.
+    `manifest`: the artifact's, when the caller has read it (not read again)."""
     path = Path(path)
-    target, warning = runner_target(path, runtime, device)
+    target, warning = runner_target(path, runtime, device, manifest)
     runner = load_hook(target.runner)(path, device, threads, cuda_graph=cuda_graph)
     if warning:
         runner.warnings = [*(getattr(runner, "warnings", None) or []), warning]
     return runner
+
+
+def cpu_opener(target: Target) -> Callable[[Path], Runner]:
+    """path -> a runner of `target`'s runtime on the CPU: how build, its INT8 choice and the
+    precision debugger run a candidate graph in the runtime it is judged in."""
+    hook = load_hook(target.runner)
+    return lambda path: hook(path, "cpu", None)
 
 
 def run_batched(runner: Runner, inputs: Any, limits: BatchRange | None, preferred: int) -> Any:

@@ -14,37 +14,29 @@ while OpenVINO's oneDNN takes either. The candidates:
 
 Each form runs in each CPU runtime asked for on the calibration images, in the calibration's
 batches (a runtime whose INT8 results change with the batch size shows it here: OpenVINO
-2026.4 on the u8s8 graph of the seeded resnet50_ACD). Eligible: the INT8 gates hold (nonfinite,
-top-1 agreement, accuracy drop where labelled; the family's overrides) and the top-1 agreement
-is within FC_AGREEMENT_SLACK of the best candidate's; of those, the fastest median at batch 1
-on this machine wins. The manifest records every candidate's numbers. These are selection
+2026.4 on the u8s8 graph of the seeded resnet50_ACD). Eligible (`eligible`): among the
+candidates that ran with finite outputs, those meeting the INT8 gates (nonfinite, top-1
+agreement, accuracy drop where labelled; the family's overrides; all of them if none does),
+within `agreement_slack` of that group's best top-1 agreement; of those, the fastest median at
+batch 1 on this machine wins. The manifest records every candidate's numbers. These are selection
 figures, on calibration images: verify reports on other data.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from dropcov_deploy import onnx_io
-from dropcov_deploy.errors import InputError
+from dropcov_deploy.errors import InputError, first_line
 from dropcov_deploy.precision.fc_choice import FC_AGREEMENT_SLACK, FC_MODES, fc_variant, score
 
 ACTIVATIONS = ("u8s8", "s8s8")
 FORMS = ("u8s8", "s8s8", "u8s8-stem", "s8s8-stem")  # "-stem": the stem conv in INT8 too
 FORM_CHOICES = ("auto", *FORMS)
-RUNTIME_CHOICES = ("auto", "onnxruntime", "openvino")
-
-
-@dataclass(frozen=True)
-class Candidate:
-    runtime: str
-    form: str
-    fc: str
 
 
 def parse_form(form: str) -> tuple[str, bool]:
@@ -127,33 +119,31 @@ def measure_candidates(
     gates: dict[str, dict[str, float]],
     work: Path,
     progress: Callable[[str], None] = lambda _: None,
-) -> tuple[list[dict[str, Any]], dict[tuple[str, str], Any]]:
-    """Every (runtime, form, fc) scored on the calibration images and timed at batch 1; the graphs by (form, fc)."""
+) -> list[dict[str, Any]]:
+    """Every (runtime, form, fc) scored on the calibration images and timed at batch 1. The graphs
+    are not kept (twelve copies of a large model would be gigabytes): the chosen one is derived again."""
     from dropcov_deploy import gates as gate_rules
 
     rows: list[dict[str, Any]] = []
-    graphs: dict[tuple[str, str], Any] = {}
     for form in forms:
         base = form_graph(calibrated, source, form, stem)
         for fc in fcs:
             graph = fc_variant(base, source, fc, fc_amax)
             path = work / f"cpu-{form}-fc-{fc}.onnx"
             onnx_io.save(graph, path)
-            graphs[(form, fc)] = graph
+            del graph
             for runtime, opener in runtimes.items():
                 progress(f"{runtime} {form} fc {fc}")
                 try:
                     measured = score(path, calibration, reference, calibration.data[:1], opener=opener)
                 except Exception as exc:  # one runtime that cannot load or run one candidate: recorded, the others go on
-                    from dropcov_deploy.errors import first_line
-
                     reason = first_line(exc).replace(f"{path}: ", "")
                     rows.append({"runtime": runtime, "form": form, "fc": fc, "failed": reason, "gates_passed": False, "nonfinite": None})
                     continue
                 verdict = gate_rules.evaluate(measured, gates)
                 rows.append({"runtime": runtime, "form": form, "fc": fc, **measured, "gates_passed": all(g["passed"] is not False for g in verdict.values())})
             path.unlink(missing_ok=True)
-    return rows, graphs
+    return rows
 
 
 def fc_record(rows: list[dict[str, Any]], chosen: dict[str, Any], why: str) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from dropcov_deploy import head_graph, onnx_io
 from dropcov_deploy.backends import load_hook
 from dropcov_deploy.errors import InputError
 from dropcov_deploy.precision import PrecisionRequest
-from dropcov_deploy.precision.fc_choice import FC_MODES, choose_fc_variant
+from dropcov_deploy.precision.fc_choice import FC_MODES, choose_fc_variant, fc_variant
 
 
 def _fc_modes(request: PrecisionRequest, source) -> str:
@@ -64,7 +64,7 @@ def precision_graph(request: PrecisionRequest) -> tuple[Any, dict[str, Any]]:
 
 def _cpu_precision_graph(request: PrecisionRequest, source) -> tuple[Any, dict[str, Any]]:
     """One calibration per activation type (stem in INT8), then every (runtime, form, fc) measured (`cpu_choice`)."""
-    from dropcov_deploy.backends import TARGETS
+    from dropcov_deploy.backends import TARGETS, cpu_opener
     from dropcov_deploy.gates import DEFAULT_GATES
     from dropcov_deploy.precision import cpu_choice
     from dropcov_deploy.steps import advance
@@ -90,7 +90,7 @@ def _cpu_precision_graph(request: PrecisionRequest, source) -> tuple[Any, dict[s
         forms = list(dict.fromkeys(f.removesuffix("-stem") for f in forms))
     fc = _fc_modes(request, source)
     fcs = list(FC_MODES) if fc == "auto" else [fc]
-    openers = {name: _opener(TARGETS[name]) for name in request.runtimes}
+    openers = {name: cpu_opener(TARGETS[name]) for name in request.runtimes}
     total = len(forms) * len(fcs) * len(openers)
     with request.step(f"measuring {total} INT8 candidates (runtime x Q/DQ form x fc) on {len(calibration)} calibration images") as handle:
         done = [0]
@@ -99,7 +99,7 @@ def _cpu_precision_graph(request: PrecisionRequest, source) -> tuple[Any, dict[s
             advance(handle, done[0], total)
             done[0] += 1
 
-        rows, graphs = cpu_choice.measure_candidates(
+        rows = cpu_choice.measure_candidates(
             calibrated,
             source,
             stem=stem,
@@ -126,10 +126,5 @@ def _cpu_precision_graph(request: PrecisionRequest, source) -> tuple[Any, dict[s
         "cpu_choice": {"chosen": {k: chosen[k] for k in ("runtime", "form", "fc")}, "why": why, "candidates": rows, "stem": stem},
         **quantizer_record,
     }
-    return graphs[(chosen["form"], chosen["fc"])], record
-
-
-def _opener(target):
-    """A Path -> Runner call on the CPU for this runtime's row."""
-    hook = load_hook(target.runner)
-    return lambda path: hook(path, "cpu", None)
+    graph = fc_variant(cpu_choice.form_graph(calibrated, source, chosen["form"], stem), source, chosen["fc"], reference.fc_input_amax)
+    return graph, record
