@@ -192,6 +192,7 @@ def build_manifest(info, *, image_size: int, opset: int, batch: int | None, onnx
         "source": {
             "checkpoint": str(info.path),
             "format": info.source_format,
+            "weights": info.weights,
             "sha256": info.sha256,
             "epoch": info.epoch,
             "accuracy": info.accuracy,

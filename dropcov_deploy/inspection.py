@@ -22,6 +22,8 @@ def describe_checkpoint(path: Path, arch: str | None = None) -> dict[str, Any]:
         "kind": "checkpoint",
         "path": str(path),
         "source_format": info.source_format,
+        "weights": info.weights,  # state_dict_ema where timm's saver kept a model EMA (loaded in preference)
+        **({"variant": info.variant} if info.variant is not None else {}),
         "arch": info.arch,
         "family": info.family,
         "dim": info.dim,

@@ -122,11 +122,16 @@ def test_truncated_checkpoint(authors_checkpoint):
 
 
 def test_pickled_objects_are_never_unpickled(tmp_path):
+    """Only argparse.Namespace (timm's saver keeps the training args as one) is allowed besides tensors."""
+    from fractions import Fraction
+
     state = authors_state_dict("resnet18_ACD", dim=8, num_classes=4)
-    path = tmp_path / "with_args.pth"
-    torch.save({"state_dict": state, "args": argparse.Namespace(lr=0.1)}, path)
-    with pytest.raises(CheckpointError, match=r"argparse\.Namespace.*weights_only=True"):
+    path = tmp_path / "with_object.pth"
+    torch.save({"state_dict": state, "args": argparse.Namespace(lr=0.1), "ratio": Fraction(1, 3)}, path)
+    with pytest.raises(CheckpointError, match=r"fractions\.Fraction.*weights_only=True"):
         load_checkpoint(path)
+    torch.save({"state_dict": state, "args": argparse.Namespace(lr=0.1)}, path)
+    assert load_checkpoint(path) is not None
 
 
 def test_not_a_dropcov_checkpoint(tmp_path):

@@ -2,11 +2,14 @@
 
 Every foreign key layout is adapted here, in one place (as timm does), and every
 problem ends in a `CheckpointError` that names the file. Checkpoints are untrusted:
-they are read with `torch.load(weights_only=True)`, never by unpickling objects.
+they are read with `torch.load(weights_only=True)`, never by unpickling objects; the one
+class allowed besides tensors is `argparse.Namespace`, which timm's checkpoint saver (the
+authors' transformer training) stores as "args" (strings and numbers only, no code).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import pickle
 import re
@@ -36,7 +39,7 @@ class CheckpointInfo:
     """What a checkpoint says about its model, besides the weights."""
 
     path: Path
-    source_format: str  # "dropcov-deploy", "upstream", "model-dict" or "state-dict"
+    source_format: str  # "dropcov-deploy", "upstream", "timm-saver", "model-dict" or "state-dict"
     arch: str
     dim: int  # d (resnet family) or r (xcov family)
     num_classes: int
@@ -49,6 +52,8 @@ class CheckpointInfo:
     epoch: int | None = None
     accuracy: float | None = None
     data_split: str | None = None  # which bundled split it was trained on (digits.SPLIT_ID), when trained here
+    weights: str = "state_dict"  # which weights of the file were loaded: "state_dict_ema" where timm's saver kept an EMA
+    variant: str | None = None  # the family's layout choice read from the keys (authors_vit: the dense layers' norm)
 
     def resolved_input_size(self) -> int:
         return self.input_size or get_arch(self.arch).default_image_size
@@ -69,7 +74,8 @@ def _read(path: Path) -> Any:
     if path.is_dir():
         raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals([argparse.Namespace]):  # timm's saver keeps the training args so
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
         if found:
@@ -103,6 +109,13 @@ def _split(obj: Any, path: Path) -> tuple[str, Mapping[str, Any], dict[str, Any]
     if obj.get("format") == FORMAT and isinstance(obj.get("state_dict"), Mapping):
         meta = {k: v for k, v in obj.items() if k not in ("state_dict", "optimizer", "scheduler", "training")}
         return "dropcov-deploy", obj["state_dict"], meta
+    if isinstance(obj.get("state_dict_ema"), Mapping) and obj["state_dict_ema"]:
+        # timm's CheckpointSaver with model EMA (the authors' transformers: always on, and their evaluation uses it)
+        meta = {k: obj[k] for k in ("arch", "epoch") if k in obj}
+        meta["weights"] = "state_dict_ema"
+        if isinstance(obj.get("metric"), (int, float)):
+            meta["best_acc1"] = obj["metric"]
+        return "timm-saver", obj["state_dict_ema"], meta
     if isinstance(obj.get("state_dict"), Mapping):
         meta = {k: obj[k] for k in ("arch", "epoch", "best_acc1") if k in obj}
         return "upstream", obj["state_dict"], meta
@@ -251,6 +264,8 @@ def load_checkpoint_with_info(path: str | os.PathLike[str], arch: str | None = N
         epoch=int(meta["epoch"]) if isinstance(meta.get("epoch"), int) else None,
         accuracy=_as_float(meta.get("accuracy", meta.get("best_acc1"))),
         data_split=meta["data_split"] if isinstance(meta.get("data_split"), str) else None,
+        weights=str(meta.get("weights", "state_dict")),
+        variant=sizes.variant,
     )
     if info.class_names is not None and len(info.class_names) != num_classes:
         raise CheckpointError(f"{path}: records {len(info.class_names)} class names for {num_classes} classes")

@@ -2,7 +2,8 @@
 
 As timm's model modules do, each family module registers its `ModelFamily` and its
 architectures (resnet_acd.py: "resnet", the CNN with the d x d covariance head;
-vit_drop.py: "xcov", a timm backbone with the cross-covariance token head). Code outside
+vit_drop.py: "xcov", a timm backbone with the cross-covariance token head; authors_vit.py:
+"authors_vit", the authors' own transformers with their DenseNet token stem). Code outside
 the family modules asks the record (`registry.get_family`), never branches on a name.
 
 No torch here: the names, the aliases and the record's shape are readable anywhere.
@@ -33,6 +34,7 @@ class HeadSizes:
     dim: int
     num_classes: int
     heads: int | None = None
+    variant: str | None = None  # a layout choice the family reads from the keys (authors_vit: the dense layers' norm)
 
 
 @dataclass(frozen=True)

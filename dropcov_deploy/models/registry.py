@@ -3,7 +3,8 @@
 An `ArchSpec` holds what every architecture has (name, family, default d or r, image
 size, summary) and its family's own `config`. The family modules register their
 `ModelFamily` and architectures on import: resnet_acd.py the CNN family "resnet",
-vit_drop.py "xcov" (timm backbones with the cross-covariance token head). Names a family
+vit_drop.py "xcov" (timm backbones with the cross-covariance token head), authors_vit.py
+"authors_vit" (the authors' own transformers). Names a family
 resolves itself (`timm:<model>`) get their spec on first use.
 """
 
@@ -18,7 +19,7 @@ from dropcov_deploy.errors import InputError
 from dropcov_deploy.models.families import ModelFamily, canonical_family
 
 # The modules that register families and architectures, imported on first lookup.
-FAMILY_MODULES = ("dropcov_deploy.models.resnet_acd", "dropcov_deploy.models.vit_drop")
+FAMILY_MODULES = ("dropcov_deploy.models.resnet_acd", "dropcov_deploy.models.vit_drop", "dropcov_deploy.models.authors_vit")
 
 
 @dataclass(frozen=True)
@@ -128,13 +129,15 @@ def create_model(
     heads: int | None = None,
     image_size: int | None = None,
     pretrained_backbone: bool | str = False,
+    variant: str | None = None,
 ):
     """Build an architecture by name, in train mode with fresh weights, like timm.create_model.
 
     resnet: `widths` overrides the four stage widths (narrower models for small data).
     xcov: `heads` and `dim` (r) size the head; `image_size` rebuilds the backbone's position
     embeddings; `pretrained_backbone` loads timm's ImageNet weights: True downloads them (network
-    access), a path reads a local timm weights file. Options of the other family are ignored.
+    access), a path reads a local timm weights file. authors_vit: `variant` is the dense layers'
+    norm ("relu", timm 0.4.12's layout, or "batchnorm"). Options of the other families are ignored.
     """
     spec = get_arch(arch)
     model = family_of(spec).create(
@@ -146,6 +149,7 @@ def create_model(
         image_size=image_size,
         pretrained=pretrained_backbone,
         drop_scale=drop_scale,
+        variant=variant,
     )
     model.arch = spec.name
     return model

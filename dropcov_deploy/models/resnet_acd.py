@@ -222,6 +222,7 @@ def _create(
     image_size: int | None,
     pretrained: bool | str,
     drop_scale: float,
+    variant: str | None = None,
 ) -> ResNetACD:
     config: ResNetConfig = spec.config
     return ResNetACD(

@@ -222,9 +222,10 @@ def create_xcov(
     image_size: int | None = None,
     pretrained: bool | str | Path = False,
     drop_scale: float = 10.0,
+    variant: str | None = None,
 ) -> DropCovViT:
     """A registered (or `timm:`) backbone with the cross-covariance head; None takes the spec's
-    default. `widths` and `drop_scale` are the resnet family's and ignored here."""
+    default. `widths`, `drop_scale` and `variant` are other families' and ignored here."""
     config: TokenHeadConfig = spec.config
     dim, heads, image_size = dim or spec.default_dim, heads or config.heads, image_size or spec.default_image_size
     backbone = _timm_backbone(spec, image_size, pretrained)
@@ -244,18 +245,12 @@ def create_xcov(
 
 
 # ------------------------------------------------------------------ the "xcov" family
-_AUTHORS_VIT_KEYS = ("visual_tokens.", "classifier.")
 
 
 def _head_sizes(state: Mapping[str, torch.Tensor], path: Path) -> HeadSizes | None:
     """wr is (3 * heads * r, width) and visual_fc (classes, heads * r * r): r and heads follow."""
     if "wr.weight" not in state or "visual_fc.weight" not in state:
-        if any(key.startswith(_AUTHORS_VIT_KEYS) for key in state) and "fc.weight" not in state:
-            raise CheckpointError(
-                f"{path}: looks like the authors' ViT/T2T checkpoint (DenseNet token stem), which maps onto no "
-                "timm backbone; only the authors' ResNet checkpoints load"
-            )
-        return None
+        return None  # the authors' own transformers (classifier.representation.wr) are the authors_vit family's
     projections = int(state["wr.weight"].shape[0])
     classes, visual_in = (int(s) for s in state["visual_fc.weight"].shape)
     if projections % 3 or (visual_in * 3) % projections:
