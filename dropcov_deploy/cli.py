@@ -118,6 +118,9 @@ def train_command(
     width: Optional[str] = typer.Option(None, "--width", help="ResNets: four stage widths, e.g. 16,32,64,128."),
     out: Path = typer.Option(Path("runs/model.pt"), "--out", "-o", help="Best checkpoint; the last goes beside it as *-last.pt."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue from a *-last.pt checkpoint."),
+    init: Optional[Path] = typer.Option(
+        None, "--init", help="Fine-tune from this checkpoint (ours or the authors'; same architecture): layers whose shape depends on the classes start fresh."
+    ),
     seed: int = typer.Option(0, "--seed"),
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
 ) -> None:
@@ -143,6 +146,7 @@ def train_command(
         widths=widths,
         out=out,
         resume=resume,
+        init=init,
         seed=seed,
         workers=workers,
         heads=heads,

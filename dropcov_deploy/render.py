@@ -171,6 +171,9 @@ def train_summary(result: Any) -> None:
         f"{final.images_per_second:.0f} img/s on {result.world_size} process(es)\n"
         f"best: {result.best_path}\nlast: {result.last_path}"
     )
+    fresh = getattr(result, "fresh_tensors", None)
+    if fresh:
+        out.print(f"[dim]--init: {len(fresh)} tensors started fresh (their shapes depend on the classes): {escape(', '.join(fresh[:4]))}[/]", highlight=False)
 
 
 # ------------------------------------------------------------------ export, build

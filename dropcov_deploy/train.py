@@ -42,13 +42,14 @@ class TrainConfig:
     pretrained_backbone: bool | str = False  # xcov family: timm's weights; True downloads, a path reads a local file
     out: Path = Path("runs/model.pt")
     resume: Path | None = None
+    init: Path | None = None  # fine-tune: start from this checkpoint's weights (any supported format; class-count-dependent layers start fresh)
     seed: int = 0
     workers: int = 0
     device: str | None = None
 
     def to_record(self) -> dict[str, Any]:
         record = asdict(self)
-        for key in ("data", "out", "resume"):
+        for key in ("data", "out", "resume", "init"):
             record[key] = str(record[key]) if record[key] is not None else None
         record["widths"] = list(self.widths) if self.widths else None
         return record
@@ -76,6 +77,7 @@ class TrainResult:
     history: list[EpochStats] = field(default_factory=list)
     world_size: int = 1
     resumed_from: int = 0
+    fresh_tensors: list[str] = field(default_factory=list)  # --init: the tensors that did not fit (the classifier, on other classes)
 
 
 def last_path_for(out: Path) -> Path:
@@ -318,6 +320,29 @@ def _optimizer(model, recipe, config: TrainConfig):
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=config.momentum, weight_decay=weight_decay)
 
 
+def transfer_weights(source: Any, target: Any) -> list[str]:
+    """Copy every tensor of `source` whose name and shape `target` has; return the names left
+    fresh (a fine-tune on other classes: the classifier layers)."""
+    import torch
+
+    wanted = target.state_dict()
+    given = source.state_dict()
+    usable = {k: v for k, v in given.items() if k in wanted and tuple(v.shape) == tuple(wanted[k].shape)}
+    with torch.no_grad():
+        target.load_state_dict({**wanted, **usable})
+    return [k for k in wanted if k not in usable and not k.endswith("num_batches_tracked")]
+
+
+def _init_weights(path: Path, arch: str):
+    """The checkpoint to fine-tune from (loaded as every command loads it), of this architecture."""
+    from dropcov_deploy.models import load_checkpoint_with_info
+
+    loaded = load_checkpoint_with_info(path)
+    if loaded.info.arch != arch:
+        raise InputError(f"--init {path}: holds a {loaded.info.arch}, not a {arch}; train {loaded.info.arch} to fine-tune it")
+    return loaded
+
+
 def _resume_state(path: Path, arch: str) -> dict[str, Any]:
     import torch
 
@@ -342,19 +367,22 @@ def _train(config, spec, out, last, dist_env, device, progress: TrainProgress) -
     torch.manual_seed(config.seed)
     data = _load_data(config)
     resume = _resume_state(Path(config.resume), spec.name) if config.resume else None
-    dim = resume["dim"] if resume else (config.dim or spec.default_dim)
+    start = _init_weights(Path(config.init), spec.name) if config.init and not resume else None
+    dim = resume["dim"] if resume else (start.info.dim if start else (config.dim or spec.default_dim))
     # Each family takes the options it has (checked in train()) and ignores the others'.
     model = create_model(
         spec.name,
         num_classes=len(data.class_names),
         dim=dim,
         widths=resume.get("widths") if resume else config.widths,
-        heads=resume.get("heads") if resume else config.heads,
+        heads=resume.get("heads") if resume else (start.info.heads if start else config.heads),
         image_size=data.image_size,
-        pretrained_backbone=False if resume else config.pretrained_backbone,
+        pretrained_backbone=False if resume or start else config.pretrained_backbone,
+        variant=start.info.variant if start else None,
     ).to(device)
     if resume:
         model.load_state_dict(resume["state_dict"])
+    fresh = transfer_weights(start.model, model) if start is not None and not resume else []
     net = model
     if dist_env.world_size > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -464,4 +492,4 @@ def _train(config, spec, out, last, dist_env, device, progress: TrainProgress) -
             import torch.distributed as dist
 
             dist.barrier()
-    return TrainResult(out, last, best, config.epochs, history, dist_env.world_size, start_epoch)
+    return TrainResult(out, last, best, config.epochs, history, dist_env.world_size, start_epoch, fresh)

@@ -115,3 +115,29 @@ def test_export_matches_at_batch_1_and_3_and_fp16_keeps_cosine(tmp_path, calibra
     metrics = {a["precision"]: a["metrics"] for a in report["artifacts"]}
     assert metrics["fp16"]["cosine_min"] >= 0.999 and metrics["fp32"]["relative_error"] < 1e-4
     assert set(ARCHS) == {"Deit_drop_Tiny", "Deit_drop_Small", "Deit_drop_Base", "T2T_ViT_14"}
+
+
+@pytest.mark.slow
+def test_fine_tuning_starts_from_an_authors_checkpoint(tmp_path, calibration_dir):
+    """train --init: the authors' 1000-class weights start a 10-class run (a small ImageFolder of
+    real digits: 2 training and 1 validation image per class, 224 px); every tensor but the
+    class-count-dependent fc layers comes from the file, and the run writes our checkpoint."""
+    import shutil
+
+    from dropcov_deploy.train import TrainConfig, train
+
+    for label in range(10):
+        files = sorted((calibration_dir / str(label)).iterdir())
+        for split, chosen in (("train", files[:2]), ("val", files[2:3])):
+            (tmp_path / "data" / split / str(label)).mkdir(parents=True)
+            for file in chosen:
+                shutil.copyfile(file, tmp_path / "data" / split / str(label) / file.name)
+    arch = "Deit_drop_Tiny"
+    ema = authors_state_dict(arch, num_classes=1000, seed=13)
+    init = timm_saver_checkpoint(tmp_path / "authors.pth.tar", arch, ema)
+    result = train(TrainConfig(arch=arch, data=tmp_path / "data", epochs=1, batch_size=10, image_size=224, init=init, out=tmp_path / "ft.pt", lr=1e-4))
+    assert sorted(result.fresh_tensors) == ["classifier.cls_fc.bias", "classifier.cls_fc.weight", "classifier.visual_fc.bias", "classifier.visual_fc.weight"]
+    tuned = load_checkpoint_with_info(result.best_path)
+    assert tuned.info.arch == arch and tuned.info.num_classes == 10
+    moved = (tuned.model.state_dict()["visual_tokens.tokens.transition.weight"] - ema["visual_tokens.tokens.transition.weight"]).abs().max()
+    assert 0 < float(moved) < 0.05  # started from the file, then trained
