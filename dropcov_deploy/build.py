@@ -38,7 +38,7 @@ from dropcov_deploy.precision.fc_choice import FC_CHOICES
 from dropcov_deploy.roofline import runtime_versions
 from dropcov_deploy.steps import StepReporter, quiet_step
 
-CACHE_VERSION = "4"  # 2: entries carry their ONNX hash (build_cache); 3: --keep-float by surgery on the calibrated graph; 4: CPU runtime and Q/DQ form chosen
+CACHE_VERSION = "5"  # 2: entries carry their ONNX hash (build_cache); 3: --keep-float by surgery on the calibrated graph; 4: CPU runtime and Q/DQ form chosen; 5: attention products stay float in INT8
 HIGH_PRECISIONS = ("fp16", "fp32")
 # every method some target's quantizer takes, in the rows' order (entropy, max, percentile)
 CALIBRATION_ALIASES = {"minmax": "max"}  # the name ONNX Runtime and TensorRT use for the max calibrator

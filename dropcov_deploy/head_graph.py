@@ -70,6 +70,21 @@ def covariance_product(model):
     return products[-1]
 
 
+def attention_products(model) -> list[str]:
+    """Every MatMul of two activations but the covariance's: a transformer's q k^T and
+    softmax(.) v. The INT8 quantizers leave them in float (`quantizers`): calibrated INT8 on a
+    softmax output rounds most attention weights of a 197-token map to zero (measured on
+    Deit_drop_Tiny: cosine to FP32 0.961 with them in INT8, 0.999 without)."""
+    initializers = {t.name for t in model.graph.initializer}
+    made_by = producers(model)
+    product = covariance_product(model)
+    return [
+        node.name
+        for node in model.graph.node
+        if node.op_type == "MatMul" and node.output[0] != product.output[0] and not any(_is_constant(name, made_by, initializers) for name in node.input)
+    ]
+
+
 def fc_node(model):
     """The classifier that reads the covariance: the first Gemm/MatMul after the product,
     through layout ops (flatten, triu Gather) and precision plumbing (Q/DQ, Cast)."""

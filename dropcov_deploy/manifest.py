@@ -69,6 +69,17 @@ def sidecar_path(artifact: Path) -> Path:
     return Path(f"{artifact}.json")
 
 
+def sidecar_precision(artifact: Path) -> str | None:
+    """The precision the artifact's sidecar names; None when there is no readable sidecar (a cheap
+    look before loading a whole graph: the full reader is `Manifest.read`)."""
+    try:
+        data = json.loads(sidecar_path(artifact).read_text())
+    except (OSError, ValueError):
+        return None
+    precision = data.get("precision") if isinstance(data, dict) else None
+    return precision.lower() if isinstance(precision, str) else None
+
+
 def now_utc() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 

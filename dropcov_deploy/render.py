@@ -110,6 +110,9 @@ def _provenance(manifest: dict[str, Any]) -> list[str]:
         pinned = details.get("covariance_block_fp32")
         if isinstance(pinned, list):
             parts.append(f"pinned to fp32={len(pinned)} covariance nodes")
+        attention = details.get("attention_float")
+        if isinstance(attention, list) and attention:
+            parts.append(f"attention products not quantized={len(attention)} MatMuls (q k^T, softmax v)")
         kept = details.get("kept_float")
         if isinstance(kept, list) and kept:
             parts.append("kept in higher precision=" + ", ".join(str(e.get("module") or e.get("node")) for e in kept if isinstance(e, dict)))

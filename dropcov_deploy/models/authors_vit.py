@@ -377,7 +377,7 @@ register_family(
         build_kwargs=lambda sizes, widths, image_size: {"heads": sizes.heads, "variant": sizes.variant},
         describe_head=lambda dim, heads: f"heads={heads}, r={dim}",
         graph_rules=_graph_rules,
-        exporter_note="token mask, covariance dropout and stochastic depth folded away (eval mode)",
+        exporter_note="token mask, covariance dropout and stochastic depth folded away",
         manifest_fields=lambda info: {"heads": info.heads},
         backbone_text=lambda spec: (
             f"authors' ViT: DenseNet token stem, {spec.config.depth} blocks of {spec.config.embed_dim}, {spec.config.num_heads} heads, MLP x{spec.config.mlp_ratio:g}"

@@ -3,7 +3,7 @@
 ModelOpt patches onnxruntime.quantization's calibrators when it is imported (for its
 TensorRT path); a CPU-target build in the same process after a TensorRT-target one must
 not run with those patches, so `quantizers.quantize_cpu` runs this entry point instead.
-REQUEST.json: {"named", "data" (.npy of preprocessed inputs), "out", "method", "exclude", "input", "activations"}.
+REQUEST.json: {"named", "data" (.npy of preprocessed inputs), "out", "method", "exclude", "input", "activations", "op_types"}.
 """
 
 from __future__ import annotations
@@ -22,7 +22,14 @@ def main(argv: list[str] | None = None) -> int:
     args = json.loads(Path((argv or sys.argv[1:])[0]).read_text())
     calibration = CalibrationSet(Path(args["data"]), np.load(args["data"]), None, "")
     ort_quantize_static(
-        Path(args["named"]), calibration, Path(args["out"]), args["method"], list(args["exclude"]), args["input"], args.get("activations", "u8s8")
+        Path(args["named"]),
+        calibration,
+        Path(args["out"]),
+        args["method"],
+        list(args["exclude"]),
+        args["input"],
+        args.get("activations", "u8s8"),
+        args.get("op_types"),
     )
     return 0
 
