@@ -50,9 +50,16 @@ def float_source(made_by: dict[str, Any], tensor: str) -> str:
     return tensor
 
 
-def _is_constant(tensor: str, made_by: dict[str, Any], initializers: set[str]) -> bool:
-    source = float_source(made_by, tensor)
-    return source in initializers or (source in made_by and made_by[source].op_type == "Constant")
+def constant_tensors(model) -> set[str]:
+    """Tensors whose value does not depend on the graph's inputs: initializers, Constant outputs,
+    and whatever is computed from those alone (a weight's Q/DQ, Cast, Transpose or Identity, as
+    some exporters emit), in one pass over the topologically sorted nodes."""
+    constant = {t.name for t in model.graph.initializer}
+    for node in model.graph.node:
+        inputs = [name for name in node.input if name]
+        if node.op_type == "Constant" or (inputs and all(name in constant for name in inputs)):
+            constant.update(node.output)
+    return constant
 
 
 def covariance_product(model):
@@ -62,9 +69,8 @@ def covariance_product(model):
     activation-by-activation MatMul (a transformer's attention) feeds the head, so in a
     topologically sorted graph the head's product comes last.
     """
-    initializers = {t.name for t in model.graph.initializer}
-    made_by = producers(model)
-    products = [node for node in model.graph.node if node.op_type == "MatMul" and not any(_is_constant(name, made_by, initializers) for name in node.input)]
+    constant = constant_tensors(model)
+    products = [node for node in model.graph.node if node.op_type == "MatMul" and not any(name in constant for name in node.input)]
     if not products:
         raise InputError("no covariance product (a MatMul of two activations) in the graph: not a dropcov-deploy export?")
     return products[-1]
@@ -75,13 +81,12 @@ def attention_products(model) -> list[str]:
     softmax(.) v. The INT8 quantizers leave them in float (`quantizers`): calibrated INT8 on a
     softmax output rounds most attention weights of a 197-token map to zero (measured on
     Deit_drop_Tiny: cosine to FP32 0.961 with them in INT8, 0.999 without)."""
-    initializers = {t.name for t in model.graph.initializer}
-    made_by = producers(model)
+    constant = constant_tensors(model)
     product = covariance_product(model)
     return [
         node.name
         for node in model.graph.node
-        if node.op_type == "MatMul" and node.output[0] != product.output[0] and not any(_is_constant(name, made_by, initializers) for name in node.input)
+        if node.op_type == "MatMul" and node.output[0] != product.output[0] and not any(name in constant for name in node.input)
     ]
 
 
@@ -146,23 +151,23 @@ def covariance_block(model) -> list[str]:
 def block_input(model) -> str:
     """The float tensor the covariance is taken of (ResNet: the reduced map; ViT: wr's output):
     where the walk back from the product along each node's data input leaves the block."""
-    initializers = {t.name for t in model.graph.initializer}
+    constant = constant_tensors(model)
     made_by = producers(model)
     block = set(covariance_block(model))
     tensor = covariance_product(model).input[0]
     while tensor in made_by and made_by[tensor].name in block:
-        tensor = next(n for n in made_by[tensor].input if n and not _is_constant(n, made_by, initializers))
+        tensor = next(n for n in made_by[tensor].input if n and n not in constant)
     return float_source(made_by, tensor)
 
 
 def layer_input(model, tensor: str) -> str:
     """The activation a layer read to make `tensor`: back through ReLU / bias Add / BatchNorm
     to the Conv, Gemm or MatMul, then its data input (the block's `backbone` stage)."""
-    initializers = {t.name for t in model.graph.initializer}
+    constant = constant_tensors(model)
     made_by = producers(model)
     node = made_by[float_source(made_by, tensor)]
     while node.op_type in ("Relu", "Add", "BatchNormalization", *_PRECISION_OPS):
-        data = [n for n in node.input if n and not _is_constant(n, made_by, initializers)]
+        data = [n for n in node.input if n and n not in constant]
         node = made_by[data[0]]
     if node.op_type not in ("Conv", "Gemm", "MatMul"):
         raise InputError(f"the covariance's input is made by a {node.op_type}, not a Conv or linear layer")

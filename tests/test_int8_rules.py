@@ -55,6 +55,17 @@ def test_attention_products_are_every_activation_product_but_the_covariance():
     assert head_graph.attention_products(model) == ["qk", "sv"]  # not the weight products, not the covariance
 
 
+def test_a_weight_reached_through_a_transpose_is_still_a_weight():
+    """Some exporters feed a linear layer Transpose(W): that layer is not an attention product (it
+    would be left unquantized), and the covariance is still the last product of two activations."""
+    model = _attention_and_covariance()
+    node = next(n for n in model.graph.node if n.name == "v_proj")
+    model.graph.node.insert(0, helper.make_node("Transpose", ["wv"], ["wv_t"], name="wv_t", perm=[1, 0]))
+    node.input[1] = "wv_t"
+    assert head_graph.attention_products(model) == ["qk", "sv"]
+    assert head_graph.covariance_product(model).name == "covariance"
+
+
 def test_only_a_transformer_graph_restricts_the_quantized_op_types():
     assert quantized_op_types(_attention_and_covariance(layer_norm=True)) == list(LAYER_OP_TYPES)
     assert quantized_op_types(_attention_and_covariance(layer_norm=False)) is None  # a CNN keeps the quantizer's defaults
