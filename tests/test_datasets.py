@@ -119,7 +119,10 @@ def test_build_calibrates_on_the_training_split_by_name(seeded_chain, tmp_path):
     from dropcov_deploy.manifest import Manifest
 
     out = tmp_path / "m.int8.cpu.onnx"
-    result = run_cli("build", seeded_chain["fp32"], "--precision", "int8", "--dataset", "digits", "--calib-size", "16", "--out", out)
+    # one runtime and form: this test is about where the calibration images come from, not the CPU choice
+    result = run_cli(
+        "build", seeded_chain["fp32"], "--precision", "int8", "--dataset", "digits", "--calib-size", "16", "--runtime", "onnxruntime", "--qdq-form", "u8s8", "--out", out
+    )
     assert result.returncode == 0, result.stderr
     calibration = Manifest.read(out).get("calibration")
     assert calibration["source"] == "digits:train" and calibration["images"] == 16

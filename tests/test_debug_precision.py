@@ -131,7 +131,7 @@ def test_keep_float_build_records_the_layers_and_refuses_bad_names(seeded_digits
     _, fp32 = seeded_digits
     out = tmp_path / "k.int8.cpu.onnx"
     result = run_cli("build", fp32, "--precision", "int8", "--calib", calibration_dir, "--calib-size", "16", "--keep-float", "layer3.0.conv2",
-                     "--exclude-op-types", "Gemm", "--out", out)
+                     "--exclude-op-types", "Gemm", "--runtime", "onnxruntime", "--qdq-form", "u8s8", "--out", out)
     assert result.returncode == 0, result.stderr
     details = json.loads((tmp_path / "k.int8.cpu.onnx.json").read_text())["precision_details"]
     assert [(e["module"], e["why"]) for e in details["kept_float"]] == [("layer3.0.conv2", "--keep-float"), ("fc", "--exclude-op-types")]

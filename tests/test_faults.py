@@ -120,7 +120,10 @@ def test_a_damaged_cache_entry_is_discarded_and_rebuilt(seeded_digits, calibrati
 
     _, fp32 = seeded_digits
     cache = tmp_path / "cache"
-    options = BuildOptions(precision="int8", calib=calibration_dir, calib_size=8, cache_dir=cache, out=tmp_path / "a.int8.cpu.onnx")
+    # one runtime, form and fc: the cache is under test, not the CPU choice (24 candidates per build)
+    options = BuildOptions(
+        precision="int8", calib=calibration_dir, calib_size=8, cache_dir=cache, out=tmp_path / "a.int8.cpu.onnx", runtime="onnxruntime", qdq_form="u8s8", fc="int8"
+    )
     first = build(fp32, options)
     assert not first.cached
     entry = next(cache.glob("*.onnx"))

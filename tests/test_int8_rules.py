@@ -137,3 +137,17 @@ def test_rewrite_keeps_names_unique_for_unnamed_quantizers_of_one_tensor():
     q, q_axis = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
     np.testing.assert_array_equal(q, _onnx_rounding(x, 0.02078))
     np.testing.assert_array_equal(q_axis[:, 1], _onnx_rounding(x[:, 1], 0.0417))
+
+
+def test_calibration_batches_shrink_to_what_memory_holds():
+    """Intermediate bytes per image from shape inference; the batch is the most that fits in a quarter
+    of the available memory, at least 1, at most the cap (16 for calibration, 64 for AutoCast)."""
+    from dropcov_deploy.precision.calibration import activation_bytes_per_image, calibration_batch_limit
+
+    model = _attention_and_covariance()
+    per_image = activation_bytes_per_image(model)
+    assert per_image > 8 * 8 * 4  # the scores, softmax and covariance maps at least
+    gib = 1024**3
+    assert calibration_batch_limit(1 * gib, 24 * gib) == 6  # the authors' Deit_drop_Base at 224 on a 24 GiB machine
+    assert calibration_batch_limit(300 * 1024**2, 24 * gib) == 16 and calibration_batch_limit(300 * 1024**2, 24 * gib, cap=64) == 20
+    assert calibration_batch_limit(30 * gib, 24 * gib) == 1 and calibration_batch_limit(1 * gib, None) == 16

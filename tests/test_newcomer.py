@@ -18,7 +18,10 @@ def test_build_defaults_to_the_useful_precision_and_takes_minmax(seeded_digits, 
     assert result.returncode == 0, result.stderr
     manifest = Manifest.read(out)
     assert manifest.precision.value == "int8" and manifest.get("calibration")["method"] == "max"
-    again = run_cli("build", fp32, "--calib", calibration_dir, "--calib-size", "8", "--calib-method", "max", "--out", tmp_path / "n.onnx", "--no-cache", env=env)
+    again = run_cli(  # one runtime and form: what is under test here is --no-cache
+        "build", fp32, "--calib", calibration_dir, "--calib-size", "8", "--calib-method", "max", "--out", tmp_path / "n.onnx", "--no-cache",
+        "--runtime", "onnxruntime", "--qdq-form", "u8s8", "--fc", "int8", env=env,
+    )
     assert again.returncode == 0 and "from cache" not in again.stdout
     fp16 = run_cli("build", fp32, "-p", "fp16", "--calib", calibration_dir, "--calib-size", "8", "--out", tmp_path / "h.onnx", env=env)
     assert fp16.returncode == 0 and "runs slower than FP32 on the CPU" in fp16.stderr

@@ -25,6 +25,18 @@ from dropcov_deploy.precision.quiet import quiet_quantizers
 REFERENCE_IMAGES = 64  # AutoCast's reference run: enough real images to see activation ranges
 
 
+def reference_images(onnx_path: Path) -> int:
+    """How many calibration images AutoCast's reference run takes: REFERENCE_IMAGES, fewer when
+    their intermediate tensors (all exposed, in one batch) would not fit in memory."""
+    import onnx
+
+    from dropcov_deploy.memory import available_memory_bytes
+    from dropcov_deploy.precision.calibration import activation_bytes_per_image, calibration_batch_limit
+
+    per_image = activation_bytes_per_image(onnx.load(str(onnx_path), load_external_data=False))
+    return calibration_batch_limit(per_image, available_memory_bytes(), cap=REFERENCE_IMAGES)
+
+
 def require_modelopt() -> None:
     try:
         import modelopt.onnx  # noqa: F401
@@ -63,7 +75,7 @@ def autocast_fp16(
 
     with tempfile.TemporaryDirectory(prefix="dropcov-autocast-") as tmp, quiet_quantizers():
         reference = Path(tmp) / "reference.npz"
-        arrays: dict[str, Any] = {input_name: calibration.data[:REFERENCE_IMAGES]}
+        arrays: dict[str, Any] = {input_name: calibration.data[: reference_images(onnx_path)]}
         np.savez(reference, **arrays)
         return convert_to_mixed_precision(
             onnx_path=str(onnx_path),

@@ -33,12 +33,12 @@ def precision_graph(request: PrecisionRequest) -> tuple[Any, dict[str, Any]]:
         raise InputError("INT8 needs calibration images")
     source = onnx_io.load(request.model)
     onnx_io.ensure_node_names(source)
+    fc = _fc_modes(request, source)  # a contradiction is said before any calibration
     if request.runtimes:
-        return _cpu_precision_graph(request, source)
+        return _cpu_precision_graph(request, source, fc)
     quantize = load_hook(target.int8_quantizer)
     with request.step(f"calibrating and quantizing for {target.tag} ({len(calibration)} images, {request.calib_method})"):
         quantized, pinned, quantizer_record = quantize(request.model, calibration, request.calib_method, request.high_precision, keep_float=request.keep_float)
-    fc = _fc_modes(request, source)
     modes = "int8, weight-only, float" if fc == "auto" else fc
     with request.step(f"measuring fc treatments ({modes})"):
         chosen, fc_record = choose_fc_variant(
@@ -62,7 +62,7 @@ def precision_graph(request: PrecisionRequest) -> tuple[Any, dict[str, Any]]:
     return chosen, record
 
 
-def _cpu_precision_graph(request: PrecisionRequest, source) -> tuple[Any, dict[str, Any]]:
+def _cpu_precision_graph(request: PrecisionRequest, source, fc: str) -> tuple[Any, dict[str, Any]]:
     """One calibration per activation type (stem in INT8), then every (runtime, form, fc) measured (`cpu_choice`)."""
     from dropcov_deploy.backends import TARGETS, cpu_opener
     from dropcov_deploy.gates import DEFAULT_GATES
@@ -88,7 +88,6 @@ def _cpu_precision_graph(request: PrecisionRequest, source) -> tuple[Any, dict[s
     stem = [name for name in quantizer_record.pop("fp32_nodes", []) if name not in request.keep_float]
     if not stem:  # no stem conv to choose for (or --keep-float keeps it): the "-stem" forms are the same graphs
         forms = list(dict.fromkeys(f.removesuffix("-stem") for f in forms))
-    fc = _fc_modes(request, source)
     fcs = list(FC_MODES) if fc == "auto" else [fc]
     openers = {name: cpu_opener(TARGETS[name]) for name in request.runtimes}
     total = len(forms) * len(fcs) * len(openers)

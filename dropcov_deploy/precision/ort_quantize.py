@@ -3,7 +3,7 @@
 ModelOpt patches onnxruntime.quantization's calibrators when it is imported (for its
 TensorRT path); a CPU-target build in the same process after a TensorRT-target one must
 not run with those patches, so `quantizers.quantize_cpu` runs this entry point instead.
-REQUEST.json: {"named", "data" (.npy of preprocessed inputs), "out", "method", "exclude", "input", "activations", "op_types"}.
+REQUEST.json: {"named", "data" (.npy of preprocessed inputs), "out", "method", "exclude", "input", "activations", "op_types", "batch"}.
 """
 
 from __future__ import annotations

@@ -33,10 +33,18 @@ import numpy as np
 
 from dropcov_deploy import head_graph, onnx_io
 from dropcov_deploy.errors import BackendFailed, InputError
-from dropcov_deploy.precision.calibration import CalibrationSet, ort_reader
+from dropcov_deploy.precision.calibration import CalibrationSet, activation_bytes_per_image, calibration_batch_limit, ort_reader
 from dropcov_deploy.precision.fp16 import autocast_fp16, require_modelopt
 from dropcov_deploy.precision.keep_float import keep_layers_float
 from dropcov_deploy.precision.quiet import quiet_quantizers
+
+
+def calibration_batch(model, calibration: CalibrationSet) -> int:
+    """The batch the calibrator runs: up to 16 images, fewer when their intermediate tensors
+    would not fit in a quarter of the available memory (`calibration_batch_limit`)."""
+    from dropcov_deploy.memory import available_memory_bytes
+
+    return calibration.batch_size(calibration_batch_limit(activation_bytes_per_image(model), available_memory_bytes()))
 
 
 def _named_copy(onnx_path: Path, folder: Path):
@@ -93,7 +101,7 @@ def quantize_cpu(
         pinned, stem, attention = head_graph.covariance_block(model), stem_conv(model), head_graph.attention_products(model)
         out = Path(tmp) / "int8.onnx"
         exclude = [*pinned, *attention, *([] if quantize_stem else stem)]
-        op_types = quantized_op_types(model)
+        op_types, batch = quantized_op_types(model), calibration_batch(model, calibration)
         request = {
             "named": str(named),
             "out": str(out),
@@ -102,6 +110,7 @@ def quantize_cpu(
             "input": input_name,
             "activations": activations,
             "op_types": op_types,
+            "batch": batch,
         }
         if "modelopt.onnx.quantization" in sys.modules:
             # ModelOpt patches onnxruntime.quantization's calibrators in-process for TensorRT;
@@ -115,12 +124,22 @@ def quantize_cpu(
                 last = (result.stderr.strip().splitlines() or ["no message"])[-1]
                 raise BackendFailed(f"{onnx_path}: ONNX Runtime quantization failed: {last}")
         else:
-            ort_quantize_static(named, calibration, out, method, exclude, input_name, activations, op_types)
+            ort_quantize_static(named, calibration, out, method, exclude, input_name, activations, op_types, batch)
         quantized = onnx_io.load(out)
         unquantize_block_inputs(quantized, pinned, model)
         # every layer was calibrated; the kept ones lose their Q/DQ here (as the precision debugger's candidates do)
         model = keep_layers_float(quantized, model, keep_float) if keep_float else quantized
-        return model, pinned, {"high_precision": "fp32", "fp32_nodes": stem, "attention_float": attention, "quantized_op_types": op_types or "default"}
+        return (
+            model,
+            pinned,
+            {
+                "high_precision": "fp32",
+                "fp32_nodes": stem,
+                "attention_float": attention,
+                "quantized_op_types": op_types or "default",
+                "calibration_batch": batch,
+            },
+        )
 
 
 @contextlib.contextmanager
@@ -165,6 +184,7 @@ def ort_quantize_static(
     input_name: str,
     activations: str = "u8s8",
     op_types: list[str] | None = None,
+    batch: int | None = None,
 ) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -173,7 +193,7 @@ def ort_quantize_static(
         quantize_static(
             str(named),
             str(out),
-            ort_reader(calibration, input_name),
+            ort_reader(calibration, input_name, batch or calibration.batch_size()),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             activation_type=QuantType.QInt8 if activations == "s8s8" else QuantType.QUInt8,
@@ -202,13 +222,14 @@ def quantize_tensorrt(
     with tempfile.TemporaryDirectory(prefix="dropcov-int8-trt-") as tmp:
         named, model = _named_copy(onnx_path, Path(tmp))
         pinned, attention, op_types = head_graph.covariance_block(model), head_graph.attention_products(model), quantized_op_types(model)
+        batch = calibration_batch(model, calibration)
         out = Path(tmp) / "int8.onnx"
         with quiet_quantizers():
             quantize(
                 str(named),
                 quantize_mode="int8",
                 calibration_data=calibration.data,
-                calibration_shapes=f"{input_name}:{'x'.join(map(str, (calibration.batch_size(), *calibration.data.shape[1:])))}",
+                calibration_shapes=f"{input_name}:{'x'.join(map(str, (batch, *calibration.data.shape[1:])))}",
                 calibration_method=method,
                 calibration_eps=["cpu"],
                 # exact names: ModelOpt reads each entry as a regex matched at the start of a node's name
@@ -225,7 +246,11 @@ def quantize_tensorrt(
         if high_precision == "fp16":
             onnx_io.save(model, out)
             model = autocast_fp16(out, calibration, pinned, input_name, opset=max(19, onnx_io.opset(model)))
-        return model, pinned, {"high_precision": high_precision, "attention_float": attention, "quantized_op_types": op_types or "default"}
+        return (
+            model,
+            pinned,
+            {"high_precision": high_precision, "attention_float": attention, "quantized_op_types": op_types or "default", "calibration_batch": batch},
+        )
 
 
 def unquantize_block_inputs(model, block: list[str], source=None) -> int:
