@@ -134,11 +134,12 @@ def test_int8_both_targets_keep_accuracy(trained_onnx, tmp_path, cache, backend)
 
 @pytest.mark.slow
 def test_rebuild_reuses_the_calibration_cache(trained_onnx, tmp_path, cache):
-    first = build(trained_onnx, BuildOptions(precision="int8", calib=CALIBRATION, out=tmp_path / "a.onnx", cache_dir=cache))
-    second = build(trained_onnx, BuildOptions(precision="int8", calib=CALIBRATION, out=tmp_path / "b.onnx", cache_dir=cache))
+    fixed = {"runtime": "onnxruntime", "qdq_form": "u8s8"}  # the cache is under test, not the CPU choice (24 candidates a build)
+    first = build(trained_onnx, BuildOptions(precision="int8", calib=CALIBRATION, out=tmp_path / "a.onnx", cache_dir=cache, **fixed))
+    second = build(trained_onnx, BuildOptions(precision="int8", calib=CALIBRATION, out=tmp_path / "b.onnx", cache_dir=cache, **fixed))
     assert not first.cached and second.cached
     assert first.manifest["sha256"] != "" and first.manifest["precision_details"]["fc"] == second.manifest["precision_details"]["fc"]
-    other = build(trained_onnx, BuildOptions(precision="int8", calib=CALIBRATION, calib_size=100, out=tmp_path / "c.onnx", cache_dir=cache))
+    other = build(trained_onnx, BuildOptions(precision="int8", calib=CALIBRATION, calib_size=100, out=tmp_path / "c.onnx", cache_dir=cache, **fixed))
     assert not other.cached  # another calibration set, another key
 
 

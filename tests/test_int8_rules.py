@@ -151,3 +151,77 @@ def test_calibration_batches_shrink_to_what_memory_holds():
     assert calibration_batch_limit(1 * gib, 24 * gib) == 6  # the authors' Deit_drop_Base at 224 on a 24 GiB machine
     assert calibration_batch_limit(300 * 1024**2, 24 * gib) == 16 and calibration_batch_limit(300 * 1024**2, 24 * gib, cap=64) == 20
     assert calibration_batch_limit(30 * gib, 24 * gib) == 1 and calibration_batch_limit(1 * gib, None) == 16
+
+
+# ------------------------------------------------------------------ ONNX Runtime's quantizer: in this process or a fresh one
+def _python(code: str) -> str:
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+@pytest.mark.slow
+def test_modelopt_patches_are_read_from_the_code_not_from_the_import():
+    """Importing ModelOpt leaves ONNX Runtime's quantizer as it is (a CPU build then runs in-process);
+    ModelOpt's TensorRT INT8 patching it is seen (a CPU build then runs in a fresh process)."""
+    pytest.importorskip("modelopt.onnx.quantization")
+    said = _python(
+        "from dropcov_deploy.precision.quantizers import onnxruntime_patched_by_modelopt as patched\n"
+        "import onnxruntime.quantization\n"
+        "before = patched()\n"
+        "import modelopt.onnx.quantization, modelopt.onnx.autocast\n"
+        "imported = patched()\n"
+        "from modelopt.onnx.quantization.ort_patching import patch_ort_modules\n"
+        "patch_ort_modules()\n"
+        "print(before, imported, patched())"
+    )
+    assert said == "False False True"
+
+
+def test_cpu_int8_build_imports_no_modelopt(seeded_digits, calibration_dir, tmp_path):
+    """An ONNX Runtime INT8 build needs nothing of ModelOpt: not imported (seconds), and so no fresh process either."""
+    _, fp32 = seeded_digits
+    said = _python(
+        "import sys\n"
+        "from dropcov_deploy.build import BuildOptions, build\n"
+        f"build({str(fp32)!r}, BuildOptions(precision='int8', calib={str(calibration_dir)!r}, calib_size=8, runtime='onnxruntime',"
+        f" qdq_form='u8s8', fc='int8', cache_dir={str(tmp_path / 'cache')!r}, out={str(tmp_path / 'm.int8.cpu.onnx')!r}))\n"
+        "print(sorted(name for name in sys.modules if name.startswith('modelopt')))"
+    )
+    assert said == "[]" and (tmp_path / "m.int8.cpu.onnx").exists()
+
+
+@pytest.mark.slow
+def test_the_fresh_process_quantizes_as_this_one_does(seeded_digits, calibration_dir, tmp_path):
+    """The entry point a patched process falls back on takes every argument by name (the calibration
+    batch included) and writes the same graph as a direct call (made in a fresh process too: this
+    one may have run ModelOpt's TensorRT INT8, which patches the quantizer)."""
+    import json
+    import subprocess
+    import sys
+
+    from dropcov_deploy.manifest import Manifest
+    from dropcov_deploy.precision.calibration import load_calibration
+
+    _, fp32 = seeded_digits
+    calibration = load_calibration(calibration_dir, Manifest.read(fp32), size=8)
+    np.save(tmp_path / "data.npy", calibration.data)
+    request = {"named": str(fp32), "method": "max", "exclude": [], "input_name": "input", "activations": "u8s8", "op_types": None, "batch": 4}
+    _python(
+        "import numpy as np\n"
+        "from pathlib import Path\n"
+        "from dropcov_deploy.precision.calibration import CalibrationSet\n"
+        "from dropcov_deploy.precision.quantizers import ort_quantize_static\n"
+        f"data = Path({str(tmp_path / 'data.npy')!r})\n"
+        f"ort_quantize_static(calibration=CalibrationSet(data, np.load(data), None, ''), out={str(tmp_path / 'here.onnx')!r}, **{request!r})"
+    )
+    arguments = tmp_path / "request.json"
+    arguments.write_text(json.dumps({**request, "out": str(tmp_path / "there.onnx"), "data": str(tmp_path / "data.npy")}))
+    result = subprocess.run([sys.executable, "-m", "dropcov_deploy.precision.ort_quantize", str(arguments)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    here, there = onnx.load(str(tmp_path / "here.onnx")), onnx.load(str(tmp_path / "there.onnx"))
+    assert len(here.graph.node) == len(there.graph.node) > 0
+    assert {t.name: numpy_helper.to_array(t).tobytes() for t in here.graph.initializer} == {t.name: numpy_helper.to_array(t).tobytes() for t in there.graph.initializer}

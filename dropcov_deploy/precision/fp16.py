@@ -27,7 +27,7 @@ REFERENCE_IMAGES = 64  # AutoCast's reference run: enough real images to see act
 
 def reference_images(onnx_path: Path) -> int:
     """How many calibration images AutoCast's reference run takes: REFERENCE_IMAGES, fewer when
-    their intermediate tensors (all exposed, in one batch) would not fit in memory."""
+    their intermediate tensors (all exposed, and AutoCast holds every image's at once) would not fit in memory."""
     import onnx
 
     from dropcov_deploy.memory import available_memory_bytes

@@ -74,6 +74,33 @@ def stem_conv(model) -> list[str]:
 LAYER_OP_TYPES = ("Conv", "MatMul", "Gemm")
 
 
+# Where ModelOpt's patch_ort_modules replaces ONNX Runtime's quantizer code (ModelOpt 0.4x):
+# (module, class or None for the module's own functions).
+_PATCHED_BY_MODELOPT = (
+    ("onnxruntime.quantization.calibrate", None),
+    ("onnxruntime.quantization.calibrate", "CalibraterBase"),
+    ("onnxruntime.quantization.calibrate", "MinMaxCalibrater"),
+    ("onnxruntime.quantization.calibrate", "HistogramCalibrater"),
+    ("onnxruntime.quantization.calibrate", "HistogramCollector"),
+    ("onnxruntime.quantization.qdq_quantizer", "QDQQuantizer"),
+    ("onnxruntime.quantization.base_quantizer", "BaseQuantizer"),
+)
+
+
+def onnxruntime_patched_by_modelopt() -> bool:
+    """Whether ONNX Runtime's quantizer in this process runs ModelOpt's code: its TensorRT INT8
+    replaces calibrator methods on first use (importing ModelOpt does not). Read from the code
+    itself, so a process that only imported ModelOpt quantizes in-process (a fresh one is ~3 s)."""
+    for module_name, class_name in _PATCHED_BY_MODELOPT:
+        module = sys.modules.get(module_name)
+        owner = module if class_name is None or module is None else getattr(module, class_name, None)
+        if owner is None:
+            continue
+        if any(callable(value) and str(getattr(value, "__module__", "")).startswith("modelopt") for value in vars(owner).values()):
+            return True
+    return False
+
+
 def quantized_op_types(model) -> list[str] | None:
     """The op types to put Q/DQ on: the layers only in a transformer (a graph with
     LayerNormalization), None (the quantizer's defaults) otherwise."""
@@ -102,18 +129,19 @@ def quantize_cpu(
         out = Path(tmp) / "int8.onnx"
         exclude = [*pinned, *attention, *([] if quantize_stem else stem)]
         op_types, batch = quantized_op_types(model), calibration_batch(model, calibration)
-        request = {
+        # ort_quantize_static's arguments but the calibration set, by name (the fresh process passes them on as they are)
+        request: dict[str, Any] = {
             "named": str(named),
             "out": str(out),
             "method": method,
             "exclude": exclude,
-            "input": input_name,
+            "input_name": input_name,
             "activations": activations,
             "op_types": op_types,
             "batch": batch,
         }
-        if "modelopt.onnx.quantization" in sys.modules:
-            # ModelOpt patches onnxruntime.quantization's calibrators in-process for TensorRT;
+        if onnxruntime_patched_by_modelopt():
+            # ModelOpt's TensorRT INT8 patched onnxruntime.quantization's calibrators in this process;
             # run ONNX Runtime's own quantizer in a fresh process, where those patches do not exist.
             data = Path(tmp) / "calibration.npy"
             np.save(data, calibration.data)
@@ -124,7 +152,7 @@ def quantize_cpu(
                 last = (result.stderr.strip().splitlines() or ["no message"])[-1]
                 raise BackendFailed(f"{onnx_path}: ONNX Runtime quantization failed: {last}")
         else:
-            ort_quantize_static(named, calibration, out, method, exclude, input_name, activations, op_types, batch)
+            ort_quantize_static(calibration=calibration, **request)
         quantized = onnx_io.load(out)
         unquantize_block_inputs(quantized, pinned, model)
         # every layer was calibrated; the kept ones lose their Q/DQ here (as the precision debugger's candidates do)
@@ -176,9 +204,9 @@ def streaming_histograms() -> Iterator[None]:
 
 
 def ort_quantize_static(
-    named: Path,
+    named: Path | str,
     calibration: CalibrationSet,
-    out: Path,
+    out: Path | str,
     method: str,
     exclude: list[str],
     input_name: str,

@@ -40,12 +40,11 @@ def quiet_quantizers() -> Iterator[None]:
     levels = {name: logging.getLogger(name).level for name in QUANTIZER_LOGGERS}
     for name in levels:
         logging.getLogger(name).setLevel(logging.ERROR)
-    try:  # AutoCast configures its own logger; older ModelOpt has none (silenced above)
-        from modelopt.onnx.autocast import configure_logging
-
-        configure_logging("ERROR")
-    except Exception:  # noqa: BLE001 - ModelOpt absent or older: nothing more to silence
-        pass
+    # AutoCast configures its own logger (older ModelOpt has none: silenced above). Only when its
+    # caller has imported it: importing ModelOpt costs seconds that an ONNX Runtime build never needs.
+    autocast = sys.modules.get("modelopt.onnx.autocast")
+    if autocast is not None and hasattr(autocast, "configure_logging"):
+        autocast.configure_logging("ERROR")
     tqdm_was = os.environ.get("TQDM_DISABLE")
     os.environ["TQDM_DISABLE"] = "1"  # read by tqdm when it is first imported only
     silenced = _silence_imported_tqdm()
