@@ -88,14 +88,25 @@ def check(path: Path) -> None:
         raise InputError(f"{path}: fails the ONNX checker ({first_line(exc)})") from None
 
 
-def _initializer_bytes(model) -> int:
+def element_bytes(elem_type: int, unknown: int = 4) -> int:
+    """Bytes per element of an ONNX tensor type; `unknown` for an undefined one (a tensor shape
+    inference could not type)."""
     import numpy as np
     from onnx import helper
+
+    try:
+        return int(np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)).itemsize)
+    except KeyError:
+        return unknown
+
+
+def _initializer_bytes(model) -> int:
+    import numpy as np
 
     total = 0
     for tensor in model.graph.initializer:
         count = int(np.prod(tensor.dims)) if tensor.dims else 1
-        total += count * np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+        total += count * element_bytes(tensor.data_type)
     return total
 
 

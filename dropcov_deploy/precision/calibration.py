@@ -169,8 +169,6 @@ def load_calibration(
     return CalibrationSet(source=source, data=data, labels=labels, sha256=digest, names=names)
 
 
-# Bytes per element of the ONNX tensor types an activation can have (the rest counted as 4).
-_ELEMENT_BYTES = {10: 2, 16: 2, 2: 1, 3: 1, 9: 1, 7: 8, 11: 8}
 CALIBRATION_MEMORY_SHARE = 0.25  # of the available memory, for one calibration batch's intermediate tensors
 
 
@@ -179,12 +177,14 @@ def activation_bytes_per_image(model) -> int:
     1): what a calibrator that exposes them all holds per image of a batch."""
     from onnx import shape_inference
 
+    from dropcov_deploy.onnx_io import element_bytes
+
     inferred = shape_inference.infer_shapes(model)
     total = 0
     for value in inferred.graph.value_info:
         tensor = value.type.tensor_type
         dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in tensor.shape.dim]
-        total += int(np.prod(dims, dtype=np.int64)) * _ELEMENT_BYTES.get(tensor.elem_type, 4)
+        total += int(np.prod(dims, dtype=np.int64)) * element_bytes(tensor.elem_type)
     return total
 
 
@@ -196,6 +196,14 @@ def calibration_batch_limit(per_image: int, available: int | None, share: float 
     if not available or per_image <= 0:
         return cap
     return max(1, min(cap, int(available * share) // per_image))
+
+
+def memory_bounded_batch(model, cap: int = CALIBRATION_BATCH) -> int:
+    """`calibration_batch_limit` for this model on this machine: its intermediate bytes per image
+    against the memory available now."""
+    from dropcov_deploy.memory import available_memory_bytes
+
+    return calibration_batch_limit(activation_bytes_per_image(model), available_memory_bytes(), cap=cap)
 
 
 def ort_reader(calibration: CalibrationSet, input_name: str, batch_size: int = CALIBRATION_BATCH):

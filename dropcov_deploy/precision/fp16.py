@@ -30,11 +30,9 @@ def reference_images(onnx_path: Path) -> int:
     their intermediate tensors (all exposed, and AutoCast holds every image's at once) would not fit in memory."""
     import onnx
 
-    from dropcov_deploy.memory import available_memory_bytes
-    from dropcov_deploy.precision.calibration import activation_bytes_per_image, calibration_batch_limit
+    from dropcov_deploy.precision.calibration import memory_bounded_batch
 
-    per_image = activation_bytes_per_image(onnx.load(str(onnx_path), load_external_data=False))
-    return calibration_batch_limit(per_image, available_memory_bytes(), cap=REFERENCE_IMAGES)
+    return memory_bounded_batch(onnx.load(str(onnx_path), load_external_data=False), cap=REFERENCE_IMAGES)
 
 
 def require_modelopt() -> None:

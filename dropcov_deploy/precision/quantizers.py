@@ -33,7 +33,7 @@ import numpy as np
 
 from dropcov_deploy import head_graph, onnx_io
 from dropcov_deploy.errors import BackendFailed, InputError
-from dropcov_deploy.precision.calibration import CalibrationSet, activation_bytes_per_image, calibration_batch_limit, ort_reader
+from dropcov_deploy.precision.calibration import CalibrationSet, memory_bounded_batch, ort_reader
 from dropcov_deploy.precision.fp16 import autocast_fp16, require_modelopt
 from dropcov_deploy.precision.keep_float import keep_layers_float
 from dropcov_deploy.precision.quiet import quiet_quantizers
@@ -42,9 +42,7 @@ from dropcov_deploy.precision.quiet import quiet_quantizers
 def calibration_batch(model, calibration: CalibrationSet) -> int:
     """The batch the calibrator runs: up to 16 images, fewer when their intermediate tensors
     would not fit in a quarter of the available memory (`calibration_batch_limit`)."""
-    from dropcov_deploy.memory import available_memory_bytes
-
-    return calibration.batch_size(calibration_batch_limit(activation_bytes_per_image(model), available_memory_bytes()))
+    return calibration.batch_size(memory_bounded_batch(model))
 
 
 def _named_copy(onnx_path: Path, folder: Path):
