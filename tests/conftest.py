@@ -3,10 +3,10 @@ import os
 import sys
 from pathlib import Path
 
-# Under pytest-xdist (`-n`), the workers share the machine's cores: one intra-op thread each
-# (torch reads this once, on import), else every worker's torch and OpenMP pools fight for every
-# core. Measured on 2 cores, the issue-11 test set: -n 2 with one thread each 253 s, serial 371 s,
-# -n 2 with the default threads 516 s.
+# Under pytest-xdist (`-n`), the workers share the machine's cores: torch on one thread in each
+# (it reads this once, on import), else every worker's torch/OpenMP pool spins on every core.
+# The issue-11 test set on 2 cores: -n 2 with torch on one thread 253 s against 371 s serial (one
+# day); -n 2 with the default threads 516 s against 384 s serial (another day).
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
 
@@ -16,6 +16,35 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 
 from reference import authors_state_dict  # noqa: E402
+
+# A pytest-xdist worker's peak memory over the suite (two workers peaked at ~12 GB in all, on 2 cores).
+WORKER_MEMORY_BYTES = 6 * 2**30
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: a worker per core, at most 4, and no more than the available memory holds."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    from dropcov_deploy.memory import available_memory_bytes
+
+    available = available_memory_bytes()  # None where it cannot be read: the cores decide
+    by_memory = max(1, available // WORKER_MEMORY_BYTES) if available else cores
+    return max(1, min(cores, 4, by_memory))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def run_cache(tmp_path_factory):
+    """Every cache the library keeps (calibration, the models table, the machine's GEMM rate) in this
+    run's folder, shared by its workers: the tests never read or write the user's own cache, and a
+    figure measured while another worker holds a core never reaches a real `bench`."""
+    folder = _run_folder(tmp_path_factory) / "cache"
+    previous = os.environ.get("DROPCOV_CACHE")
+    os.environ["DROPCOV_CACHE"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("DROPCOV_CACHE", None)
+    else:
+        os.environ["DROPCOV_CACHE"] = previous
+
 
 # Fixtures that train a model: a test using one (directly or through another fixture) is slow.
 TRAINING_FIXTURES = {"trained_digits", "trained_vit", "demo_run"}
@@ -64,22 +93,47 @@ def demo_run(tmp_path_factory):
     return _once_for_all_workers(tmp_path_factory, "demo", lambda out: run_cli("demo", "--out", out))
 
 
+def _run_folder(tmp_path_factory) -> Path:
+    """This run's temporary folder, the same for every pytest-xdist worker of the run (each
+    worker's basetemp is a folder in it); the basetemp itself in a serial run."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return tmp_path_factory.getbasetemp()
+    # the run's id as well: a worker with no basetemp of the controller's would share the parent with other runs
+    folder = tmp_path_factory.getbasetemp().parent / f"run-{os.environ.get('PYTEST_XDIST_TESTRUNUID', 'xdist')}"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
 def _once_for_all_workers(tmp_path_factory, name: str, run):
-    """`run(folder / name)` once per pytest-xdist session, whichever worker asks first; the others
+    """`run(folder / name)` once per pytest-xdist run, by whichever worker asks first; the others
     wait for it and read its folder and result (the xdist documentation's recipe for a session
-    fixture that must run once: the demo trains for a minute)."""
+    fixture that must run once: the demo trains for a minute). A run that raised (a timeout, an
+    interrupt) is recorded as such, so the other workers fail at once instead of training again."""
+    import shutil
+
     from cli_helpers import CliResult
     from filelock import FileLock
 
-    shared = tmp_path_factory.getbasetemp().parent  # the folder every worker's basetemp is in
-    out, record = shared / name / name, shared / name / "result.json"
-    with FileLock(str(shared / f"{name}.lock")):
+    shared = _run_folder(tmp_path_factory) / name
+    out, record = shared / name, shared / "result.json"
+    shared.mkdir(exist_ok=True)
+    with FileLock(str(shared / "lock")):
         if not record.exists():
-            out.parent.mkdir(exist_ok=True)
-            result = run(out)
-            record.write_text(json.dumps({"args": [str(a) for a in result.args], "returncode": result.returncode,
-                                          "stdout": result.stdout, "stderr": result.stderr}))
-        return out, CliResult(**json.loads(record.read_text()))
+            shutil.rmtree(out, ignore_errors=True)
+            try:
+                result = run(out)
+                fields = {"args": [str(a) for a in result.args], "returncode": result.returncode, "stdout": result.stdout, "stderr": result.stderr}
+            except BaseException as exc:
+                fields = {"raised": f"{type(exc).__name__}: {exc}"}
+                raise
+            finally:
+                partial = record.with_name(f".{record.name}.{os.getpid()}")
+                partial.write_text(json.dumps(fields))
+                os.replace(partial, record)
+        fields = json.loads(record.read_text())
+    if "raised" in fields:
+        pytest.fail(f"{name}: another worker's run raised {fields['raised']}", pytrace=False)
+    return out, CliResult(**fields)
 
 
 @pytest.fixture(scope="session")
