@@ -37,13 +37,9 @@ def run_cache(tmp_path_factory):
     run's folder, shared by its workers: the tests never read or write the user's own cache, and a
     figure measured while another worker holds a core never reaches a real `bench`."""
     folder = _run_folder(tmp_path_factory) / "cache"
-    previous = os.environ.get("DROPCOV_CACHE")
-    os.environ["DROPCOV_CACHE"] = str(folder)
-    yield folder
-    if previous is None:
-        os.environ.pop("DROPCOV_CACHE", None)
-    else:
-        os.environ["DROPCOV_CACHE"] = previous
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DROPCOV_CACHE", str(folder))
+        yield folder
 
 
 # Fixtures that train a model: a test using one (directly or through another fixture) is slow.
@@ -87,9 +83,6 @@ def demo_run(tmp_path_factory):
     run for both, the same TrainConfig)."""
     from cli_helpers import run_cli
 
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
-        out = tmp_path_factory.mktemp("demo") / "demo"
-        return out, run_cli("demo", "--out", out)
     return _once_for_all_workers(tmp_path_factory, "demo", lambda out: run_cli("demo", "--out", out))
 
 
@@ -105,14 +98,16 @@ def _run_folder(tmp_path_factory) -> Path:
 
 
 def _once_for_all_workers(tmp_path_factory, name: str, run):
-    """`run(folder / name)` once per pytest-xdist run, by whichever worker asks first; the others
-    wait for it and read its folder and result (the xdist documentation's recipe for a session
-    fixture that must run once: the demo trains for a minute). A run that raised (a timeout, an
+    """`run(folder / name)` once per run (serial, or pytest-xdist's), by whichever worker asks
+    first; the others wait for it and read its folder and result (the xdist documentation's recipe
+    for a session fixture that must run once: the demo trains for a minute). A run that raised (a timeout, an
     interrupt) is recorded as such, so the other workers fail at once instead of training again."""
     import shutil
 
     from cli_helpers import CliResult
     from filelock import FileLock
+
+    from dropcov_deploy.atomic import atomic_write
 
     shared = _run_folder(tmp_path_factory) / name
     out, record = shared / name, shared / "result.json"
@@ -127,9 +122,7 @@ def _once_for_all_workers(tmp_path_factory, name: str, run):
                 fields = {"raised": f"{type(exc).__name__}: {exc}"}
                 raise
             finally:
-                partial = record.with_name(f".{record.name}.{os.getpid()}")
-                partial.write_text(json.dumps(fields))
-                os.replace(partial, record)
+                atomic_write(record, lambda tmp: tmp.write_text(json.dumps(fields)))
         fields = json.loads(record.read_text())
     if "raised" in fields:
         pytest.fail(f"{name}: another worker's run raised {fields['raised']}", pytrace=False)
